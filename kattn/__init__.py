@@ -1,0 +1,30 @@
+"""kattn: efficient and equivariant attention for vision, in JAX.
+
+The curated public API; everything here is a pure function of arrays and
+explicit `jax.random` keys.
+"""
+
+from kattn.attention import (
+    favor_attention,
+    feature_map_attention,
+    linear_attention,
+    quadratic_kernel_attention,
+    softmax_attention,
+)
+from kattn.features import (
+    ScaledFeatures,
+    elu_plus_one_features,
+    exp_features,
+    gaussian_random_projection,
+    generalized_kernel_features,
+    hyperbolic_softmax_features,
+    hyperbolic_softmax_scaled_features,
+    orthogonal_random_projection,
+    positive_softmax_features,
+    positive_softmax_scaled_features,
+    relu_features,
+    trigonometric_softmax_features,
+    trigonometric_softmax_scaled_features,
+)
+
+__version__ = "0.1.0"
