@@ -27,4 +27,6 @@ from kattn.features import (
     trigonometric_softmax_scaled_features,
 )
 
+from kattn import flax
+
 __version__ = "0.1.0"

@@ -1,0 +1,32 @@
+# Two entry points, each self-contained on a fresh machine:
+#   make demo   runs the main job
+#   make test   runs the whole test suite
+# Both install kattn (editable, with test and experiment extras) into the
+# active virtualenv, or into ./.venv when none is active.
+
+ifdef VIRTUAL_ENV
+PYTHON := $(VIRTUAL_ENV)/bin/python
+else
+PYTHON := .venv/bin/python
+endif
+STAMP := $(dir $(PYTHON)).kattn-installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test bench install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PYTHON) || python3 -m venv .venv
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[test,experiments]"
+	@touch $@
+
+demo: $(STAMP)
+	$(PYTHON) -m experiments.demo
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) -q
+
+bench: $(STAMP)
+	$(PYTHON) -m experiments.bench_attention

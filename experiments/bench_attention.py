@@ -1,0 +1,922 @@
+"""Speed and memory of softmax attention, FAVOR+ and a per-token scan baseline.
+
+Usage:
+
+  python -m experiments.bench_attention              # lengths 256 ... 65536
+  python -m experiments.bench_attention --quick      # lengths 256 and 1024
+  python -m experiments.bench_attention --check_only # scan baseline vs kattn
+
+Every (mechanism, mode, length) runs in a fresh subprocess, so each one starts
+from a clean allocator and has its own peak-memory counter: on CPU the peak
+resident set of the subprocess (`ru_maxrss`), on GPU the device allocator's
+`peak_bytes_in_use`. Both are also given as an increment over the memory held
+right after JAX start-up and input creation. Configurations whose estimated
+memory exceeds `--memory_limit_gib` are skipped before launch; a subprocess
+that crashes, runs out of memory or times out is reported, never fatal.
+
+Times are the min and median of `--repeats` runs after one warm-up run of the
+ahead-of-time compiled function; compile time is reported apart. Achieved
+GFLOP/s use the matmul-only `FLOP_MODEL` and are compared with a measured
+square-matmul ceiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import psutil
+
+import kattn
+from kattn.attention import linear
+
+MECHANISMS = (
+    "softmax", "softmax_cudnn", "favor", "favor_causal", "scan_causal"
+)
+MODES = ("fwd", "fwd_bwd")
+LENGTHS = (256, 1024, 4096, 16384, 65536)
+QUICK_LENGTHS = (256, 1024)
+CEILING_SIZES = (1024, 2048, 4096)
+
+FLOP_MODEL = (
+    "matmul FLOPs only (2*M*N*K; exp and other elementwise work not counted,"
+    " no recomputation counted); B batch, h heads, L length, d head dim,"
+    " d_v value dim, m features, C chunk size."
+    " softmax, softmax_cudnn: fwd 4*B*h*L^2*d (2*B*h*L^2*(d+d_v) in general),"
+    " fwd_bwd 3x fwd."
+    " favor (bidirectional): fwd 2*(2*B*h*L*m*d) [q, k feature projections]"
+    " + 2*(2*B*h*L*m*(d_v+1)) [key-value state with denominator column, query"
+    " readout]; fwd_bwd fwd + 2*(2*B*h*L*m*d) + 2*2*(2*B*h*L*m*(d_v+1))."
+    " favor_causal: favor + 2*B*h*L*C*(m+d_v+1) [intra-chunk C x C blocks],"
+    " that term 3x for fwd_bwd. scan_causal: as favor."
+)
+
+# JAX, XLA and the compiled program hold this much before any attention
+# buffer exists (0.33 to 0.39 GiB RSS measured on CPU); rounded up.
+_RUNTIME_BYTES = 1 << 29
+# The parent samples a CPU subprocess's resident set this often and kills it
+# above the limit, before the kernel's OOM killer picks a victim on a shared
+# machine.
+_RSS_POLL_S = 0.05
+_RESULT_MARKER = "BENCH_RESULT "
+_CHECK_TOLERANCE = 1e-4
+_CEILING_RUNS = 3
+_MIB = 1 << 20
+_GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Problem shape and timing settings shared by every configuration."""
+
+  batch: int = 1
+  heads: int = 8
+  head_dim: int = 64
+  num_features: int = 256
+  dtype: str = "float32"
+  chunk_size: int = linear.DEFAULT_CHUNK_SIZE
+  chunks_per_step: int = linear.DEFAULT_CHUNKS_PER_STEP
+  repeats: int = 3
+  seed: int = 0
+
+
+# The per-token scan baseline (google-research performer style).
+
+
+def _time_major(x):
+  """[*batch, L, h, c] -> [L, *batch, h, c]: `lax.scan` walks the lead axis."""
+  return jnp.moveaxis(x, -3, 0)
+
+
+def _causal_prefix_forward(q_features, k_features, values):
+  """R_i = phi(q_i)^T S_i with S_i = sum_{j<=i} phi(k_j) values_j^T."""
+  qs, ks, vs = map(_time_major, (q_features, k_features, values))
+  state = jnp.zeros(ks.shape[1:] + vs.shape[-1:], ks.dtype)
+
+  def step(state, token):
+    q_i, k_i, v_i = token
+    state = state + jnp.einsum("...m,...e->...me", k_i, v_i)
+    return state, jnp.einsum("...m,...me->...e", q_i, state)
+
+  state, out = jax.lax.scan(step, state, (qs, ks, vs))
+  return jnp.moveaxis(out, 0, -3), state
+
+
+@jax.custom_vjp
+def causal_prefix_products(q_features, k_features, values):
+  """Causal prefix products by a per-token scan, with a scan backward pass.
+
+  Without the custom VJP, reverse-mode `lax.scan` would store the m x e state
+  at every token (O(L m e) memory); the backward scan instead starts from the
+  final state and recovers each earlier one by subtraction.
+
+  Args:
+    q_features: `[*batch, L, h, m]` query features phi(q).
+    k_features: `[*batch, L, h, m]` key features phi(k).
+    values: `[*batch, L, h, e]` rows to sum, e.g. [v, 1].
+
+  Returns:
+    `[*batch, L, h, e]` with row i = phi(q_i)^T sum_{j<=i} phi(k_j) values_j^T.
+  """
+  return _causal_prefix_forward(q_features, k_features, values)[0]
+
+
+def _causal_prefix_fwd(q_features, k_features, values):
+  out, state = _causal_prefix_forward(q_features, k_features, values)
+  return out, (q_features, k_features, values, state)
+
+
+def _causal_prefix_bwd(residuals, out_grad):
+  """Reverse scan: q_bar_i = S_i g_i, k_bar_i = G_i v_i, v_bar_i = G_i^T k_i.
+
+  G_i = sum_{j>=i} phi(q_j) g_j^T collects the query side from the end, and
+  S_{i-1} = S_i - phi(k_i) v_i^T walks the key state back from S_L.
+  """
+  q_features, k_features, values, final_state = residuals
+  tokens = tuple(map(_time_major, (q_features, k_features, values, out_grad)))
+
+  def step(carry, token):
+    state, query_grads = carry
+    q_i, k_i, v_i, g_i = token
+    q_bar = jnp.einsum("...me,...e->...m", state, g_i)
+    query_grads = query_grads + jnp.einsum("...m,...e->...me", q_i, g_i)
+    k_bar = jnp.einsum("...me,...e->...m", query_grads, v_i)
+    v_bar = jnp.einsum("...me,...m->...e", query_grads, k_i)
+    state = state - jnp.einsum("...m,...e->...me", k_i, v_i)
+    return (state, query_grads), (q_bar, k_bar, v_bar)
+
+  carry = (final_state, jnp.zeros_like(final_state))
+  _, grads = jax.lax.scan(step, carry, tokens, reverse=True)
+  return tuple(jnp.moveaxis(g, 0, -3) for g in grads)
+
+
+causal_prefix_products.defvjp(_causal_prefix_fwd, _causal_prefix_bwd)
+
+
+def scan_causal_favor(q, k, v, projection):
+  """Causal FAVOR+ by a per-token prefix-sum scan: the baseline kattn beats.
+
+  The denominator state z = sum_j phi(k_j) rides along as the last column of
+  the key-value state (v_j extended by a 1), as in kattn, so both do the same
+  matmuls. Features and sums are float32, as kattn's default `accum_dtype`.
+
+  Args:
+    q: `[*batch, L, h, d]` queries.
+    k: `[*batch, L, h, d]` keys.
+    v: `[*batch, L, h, d_v]` values.
+    projection: `[m, d]` random projection.
+
+  Returns:
+    `[*batch, L, h, d_v]` outputs in the dtype of q.
+  """
+  scale = q.shape[-1] ** -0.25
+  feature = lambda x: kattn.positive_softmax_features(
+      x.astype(jnp.float32) * scale, projection.astype(jnp.float32)
+  )
+  v = v.astype(jnp.float32)
+  values = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], -1)
+  out = causal_prefix_products(feature(q), feature(k), values)
+  return (out[..., :-1] / out[..., -1:]).astype(q.dtype)
+
+
+def check_scan_causal(
+    *, batch=2, length=45, heads=2, head_dim=16, num_features=32, chunk_size=8,
+    seed=0,
+) -> dict:
+  """Relative errors of `scan_causal_favor` vs kattn's causal FAVOR+.
+
+  The length is not a multiple of the chunk and spans several scan steps, so
+  kattn's padding and carried state are exercised too. Gradients are of a
+  random projection of the output (a plain sum would hide some errors).
+
+  Returns:
+    `{"out", "grad_q", "grad_k", "grad_v"}`: max |a - b| / max |b| each.
+  """
+  keys = jax.random.split(jax.random.key(seed), 5)
+  shape = (batch, length, heads, head_dim)
+  q, k, v, weights = (jax.random.normal(key, shape) for key in keys[:4])
+  projection = kattn.orthogonal_random_projection(
+      keys[4], num_features, head_dim
+  )
+  reference = lambda q, k, v: kattn.favor_attention(
+      q, k, v, projection=projection, causal=True, chunk_size=chunk_size
+  )
+  baseline = lambda q, k, v: scan_causal_favor(q, k, v, projection)
+
+  def value_and_grads(attend):
+    loss = lambda q, k, v: jnp.sum(attend(q, k, v) * weights)
+    return attend(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  (ref_out, ref_grads), (out, grads) = map(
+      value_and_grads, (reference, baseline)
+  )
+  relative = lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+  errors = {"out": relative(out, ref_out)}
+  for name, grad, ref_grad in zip(("q", "k", "v"), grads, ref_grads):
+    errors[f"grad_{name}"] = relative(grad, ref_grad)
+  return errors
+
+
+# Models: FLOPs and memory.
+
+
+def _check_names(mechanism: str, mode: str) -> None:
+  if mechanism not in MECHANISMS:
+    raise ValueError(
+        f"`mechanism` must be one of {MECHANISMS}; got {mechanism!r}."
+    )
+  if mode not in MODES:
+    raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+
+
+def flop_model(
+    mechanism: str, mode: str, *, batch: int, heads: int, length: int,
+    head_dim: int, num_features: int,
+    chunk_size: int = linear.DEFAULT_CHUNK_SIZE,
+    value_dim: Optional[int] = None,
+) -> int:
+  """Matmul FLOPs of one configuration, as stated in `FLOP_MODEL`.
+
+  Args:
+    mechanism: one of `MECHANISMS`.
+    mode: `"fwd"` or `"fwd_bwd"`.
+    batch: B.
+    heads: h.
+    length: L, for queries and keys.
+    head_dim: d of queries and keys.
+    num_features: m random features.
+    chunk_size: C of the causal chunked engine; kattn uses min(C, L).
+    value_dim: d_v, head_dim if None.
+
+  Returns:
+    The FLOP count (an int).
+  """
+  _check_names(mechanism, mode)
+  value_dim = head_dim if value_dim is None else value_dim
+  if mechanism in ("softmax", "softmax_cudnn"):
+    forward = 2 * batch * heads * length**2 * (head_dim + value_dim)
+    return forward if mode == "fwd" else 3 * forward
+  tokens = batch * heads * length
+  projections = 2 * (2 * tokens * num_features * head_dim)
+  state_and_readout = 2 * (2 * tokens * num_features * (value_dim + 1))
+  if mode == "fwd":
+    flops = projections + state_and_readout
+  else:
+    # The projection matrix is a constant: its input gradients double the
+    # projection term, while both operands of the state and readout matmuls
+    # need gradients, tripling that term.
+    flops = 2 * projections + 3 * state_and_readout
+  if mechanism == "favor_causal":
+    chunk = min(chunk_size, length)
+    intra = 2 * tokens * chunk * (num_features + value_dim + 1)
+    flops += intra if mode == "fwd" else 3 * intra
+  return flops
+
+
+def estimate_memory_bytes(
+    mechanism: str, mode: str, *, batch: int, heads: int, length: int,
+    head_dim: int, num_features: int, dtype: str = "float32",
+) -> int:
+  """Rough peak memory of one configuration, to skip hopeless ones.
+
+  With s the input itemsize, 4 bytes for float32 accumulation and
+  N = B * L * h token-heads:
+
+  * inputs and outputs: N * 4d * s (q, k, v, out), plus N * 3d * s for the
+    three gradients in fwd_bwd;
+  * softmax (XLA): 2 * B*h*L^2 * 4 (float32 logits and weights live together),
+    3x that for fwd_bwd (the weights are saved and their cotangent built);
+  * softmax_cudnn: flash attention, only B*h*L*4 * 2 softmax statistics;
+  * favor, favor_causal, scan_causal: N * (2m + 3d + 1) * 4, as if the q and k
+    features and float32 copies of q, k, [v, 1] existed for every token (kattn
+    keeps features per block, so this bounds it from above); 2x for fwd_bwd
+    (residuals and their cotangents);
+  * plus the runtime itself (`_RUNTIME_BYTES`).
+
+  Returns:
+    Estimated bytes.
+  """
+  _check_names(mechanism, mode)
+  itemsize = jnp.dtype(dtype).itemsize
+  tokens = batch * length * heads
+  io = tokens * head_dim * itemsize * (4 if mode == "fwd" else 7)
+  if mechanism == "softmax":
+    work = 2 * batch * heads * length**2 * 4
+  elif mechanism == "softmax_cudnn":
+    work = 2 * batch * heads * length * 4
+  else:
+    work = tokens * (2 * num_features + 3 * head_dim + 1) * 4
+  if mode == "fwd_bwd":
+    work *= 3 if mechanism == "softmax" else 2
+  return _RUNTIME_BYTES + io + work
+
+
+# Measurements inside one process.
+
+
+def _attention_fn(mechanism: str, settings: Settings):
+  """(q, k, v, projection) -> out for one mechanism."""
+  if mechanism in ("softmax", "softmax_cudnn"):
+    implementation = "xla" if mechanism == "softmax" else "cudnn"
+    return lambda q, k, v, projection: jax.nn.dot_product_attention(
+        q, k, v, is_causal=False, implementation=implementation
+    )
+  if mechanism == "scan_causal":
+    return scan_causal_favor
+  causal = mechanism == "favor_causal"
+  return lambda q, k, v, projection: kattn.favor_attention(
+      q, k, v, projection=projection, causal=causal,
+      chunk_size=settings.chunk_size, chunks_per_step=settings.chunks_per_step,
+  )
+
+
+def _benchmark_fn(mechanism: str, mode: str, settings: Settings):
+  attend = _attention_fn(mechanism, settings)
+  if mode == "fwd":
+    return jax.jit(attend)
+  loss = lambda q, k, v, projection: jnp.sum(
+      attend(q, k, v, projection), dtype=jnp.float32
+  )
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def _current_rss_bytes() -> int:
+  return psutil.Process().memory_info().rss
+
+
+def _peak_rss_bytes() -> int:
+  # ru_maxrss is in KiB on Linux (bytes on macOS).
+  scale = 1 if sys.platform == "darwin" else 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _device_memory(device, key: str) -> Optional[int]:
+  stats = device.memory_stats()
+  return None if not stats or key not in stats else int(stats[key])
+
+
+def run_config(
+    mechanism: str, mode: str, length: int, settings: Settings = Settings()
+) -> dict:
+  """Compiles and times one configuration in this process.
+
+  For isolated peak memory call it in a fresh process (`run_isolated`): the
+  peak counters are per process and never go down.
+
+  Args:
+    mechanism: one of `MECHANISMS`.
+    mode: `"fwd"` or `"fwd_bwd"` (gradient of sum(out) w.r.t. q, k, v).
+    length: sequence length L.
+    settings: shapes, dtype and repeats.
+
+  Returns:
+    A result record: times in ms (`min_ms`, `median_ms`, `times_ms`),
+    `compile_s`, host memory in MiB (`baseline_rss_mib` after JAX start-up and
+    inputs, `rss_after_compile_mib` peak so far, `peak_rss_mib`,
+    `increment_mib` = peak - baseline) and, where the device reports them,
+    `baseline_device_mib`, `peak_device_mib`, `device_increment_mib`.
+  """
+  _check_names(mechanism, mode)
+  device = jax.devices()[0]
+  keys = jax.random.split(jax.random.key(settings.seed), 4)
+  shape = (settings.batch, length, settings.heads, settings.head_dim)
+  q, k, v = (jax.random.normal(key, shape, settings.dtype) for key in keys[:3])
+  projection = kattn.orthogonal_random_projection(
+      keys[3], settings.num_features, settings.head_dim
+  )
+  args = jax.block_until_ready((q, k, v, projection))
+  baseline_rss = _current_rss_bytes()
+  baseline_device = _device_memory(device, "bytes_in_use")
+
+  start = time.perf_counter()
+  compiled = _benchmark_fn(mechanism, mode, settings).lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  rss_after_compile = _peak_rss_bytes()
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(settings.repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+
+  peak_rss = _peak_rss_bytes()
+  record = {
+      "status": "ok",
+      "min_ms": 1e3 * min(times),
+      "median_ms": 1e3 * statistics.median(times),
+      "times_ms": [1e3 * t for t in times],
+      "compile_s": compile_s,
+      "baseline_rss_mib": baseline_rss / _MIB,
+      "rss_after_compile_mib": rss_after_compile / _MIB,
+      "peak_rss_mib": peak_rss / _MIB,
+      "increment_mib": (peak_rss - baseline_rss) / _MIB,
+  }
+  peak_device = _device_memory(device, "peak_bytes_in_use")
+  if peak_device is not None and baseline_device is not None:
+    record.update(
+        baseline_device_mib=baseline_device / _MIB,
+        peak_device_mib=peak_device / _MIB,
+        device_increment_mib=(peak_device - baseline_device) / _MIB,
+    )
+  return record
+
+
+def matmul_ceiling(dtype: str = "float32", sizes=CEILING_SIZES) -> dict:
+  """Square matmul GFLOP/s of a jitted `a @ b`, the best of a few runs each.
+
+  Returns:
+    `{"gflops_by_size": {n: GFLOP/s}, "ceiling_gflops": max over n}`.
+  """
+  matmul = jax.jit(lambda a, b: a @ b)
+  by_size = {}
+  for n in sizes:
+    a, b = (
+        jax.random.normal(key, (n, n), dtype)
+        for key in jax.random.split(jax.random.key(n))
+    )
+    jax.block_until_ready(matmul(a, b))
+    best = math.inf
+    for _ in range(_CEILING_RUNS):
+      start = time.perf_counter()
+      jax.block_until_ready(matmul(a, b))
+      best = min(best, time.perf_counter() - start)
+    by_size[n] = 2 * n**3 / best / 1e9
+  return {"gflops_by_size": by_size, "ceiling_gflops": max(by_size.values())}
+
+
+def _describe_device(device) -> str:
+  if device.platform != "cpu":
+    return f"{device.platform}: {device.device_kind}"
+  model = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next(
+          (line.split(":", 1)[1].strip() for line in f
+           if line.startswith("model name")), "",
+      )
+  except OSError:
+    pass
+  return f"cpu: {model or device.device_kind}, {os.cpu_count()} cores"
+
+
+def probe(dtype: str) -> dict:
+  """Device facts, matmul ceilings and the scan baseline's self-check."""
+  device = jax.devices()[0]
+  ceilings = {"float32": matmul_ceiling("float32")}
+  if dtype != "float32":
+    ceilings[dtype] = matmul_ceiling(dtype)
+  try:
+    errors = check_scan_causal()
+    self_check = {
+        "errors": errors,
+        "tolerance": _CHECK_TOLERANCE,
+        "passed": max(errors.values()) <= _CHECK_TOLERANCE,
+    }
+  except Exception as error:  # pylint: disable=broad-except
+    self_check = {
+        "errors": {}, "tolerance": _CHECK_TOLERANCE, "passed": False,
+        "error": f"{type(error).__name__}: {error}",
+    }
+  return {
+      "status": "ok",
+      "backend": jax.default_backend(),
+      "device": _describe_device(device),
+      "jax_version": jax.__version__,
+      "kattn_version": kattn.__version__,
+      "device_memory_bytes": _device_memory(device, "bytes_limit"),
+      "ceilings": ceilings,
+      "self_check": self_check,
+  }
+
+
+# Isolation: one subprocess per task.
+
+
+def _run_worker_task(task: dict) -> dict:
+  """Runs a task in this (fresh) process; errors become records."""
+  try:
+    if task["kind"] == "probe":
+      return probe(task["dtype"])
+    return run_config(
+        task["mechanism"], task["mode"], task["length"],
+        Settings(**task["settings"]),
+    )
+  except Exception as error:  # pylint: disable=broad-except
+    message = f"{type(error).__name__}: {error}".strip()
+    if "RESOURCE_EXHAUSTED" in message or "out of memory" in message.lower():
+      status = "out of memory"
+    elif task.get("mechanism") == "softmax_cudnn":
+      # cuDNN refuses shapes, dtypes and GPUs it has no fused kernel for.
+      status = "unsupported"
+    else:
+      status = "error"
+    return {"status": status, "error": message[-2000:]}
+
+
+def _module_root() -> str:
+  """The directory that holds the `experiments` package."""
+  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_isolated(
+    task: dict, *, rss_limit_bytes: Optional[int] = None,
+    timeout_s: float = 3600.0,
+) -> dict:
+  """Runs a worker task in a fresh interpreter and returns its record.
+
+  A subprocess that dies, times out or (if `rss_limit_bytes` is set) grows
+  past the resident-set limit is killed if needed and reported in the
+  record's `status`; this never raises for the subprocess's failures.
+
+  Args:
+    task: `{"kind": "probe", "dtype": ...}` or `{"kind": "config",
+      "mechanism", "mode", "length", "settings": dataclasses.asdict(...)}`.
+    rss_limit_bytes: kill the subprocess when its resident set exceeds this.
+    timeout_s: kill the subprocess after this many seconds.
+
+  Returns:
+    The worker's record, or `{"status": ..., "error": ...}` on failure.
+  """
+  command = [
+      sys.executable, "-m", "experiments.bench_attention",
+      "--_worker=" + json.dumps(task),
+  ]
+  # Files, not pipes: a chatty subprocess cannot block on a full pipe while
+  # the parent is busy polling.
+  with tempfile.TemporaryFile("w+") as stdout, \
+       tempfile.TemporaryFile("w+") as stderr:
+    process = subprocess.Popen(
+        command, stdout=stdout, stderr=stderr, cwd=_module_root()
+    )
+    killed = None
+    start = time.monotonic()
+    watched = psutil.Process(process.pid)
+    while process.poll() is None:
+      try:
+        rss = watched.memory_info().rss
+      except psutil.Error:
+        rss = 0
+      if rss_limit_bytes is not None and rss > rss_limit_bytes:
+        killed = (
+            f"killed (RSS {rss / _GIB:.2f} GiB > limit"
+            f" {rss_limit_bytes / _GIB:.2f} GiB)"
+        )
+      elif time.monotonic() - start > timeout_s:
+        killed = f"timed out (> {timeout_s:.0f} s)"
+      if killed:
+        process.kill()
+        process.wait()
+        break
+      time.sleep(_RSS_POLL_S)
+    stdout.seek(0)
+    stderr.seek(0)
+    output, errors = stdout.read(), stderr.read()
+  for line in reversed(output.splitlines()):
+    if line.startswith(_RESULT_MARKER):
+      return json.loads(line[len(_RESULT_MARKER):])
+  tail = errors.strip()[-2000:]
+  if killed:
+    return {"status": killed, "error": tail}
+  code = process.returncode
+  if code == -9:
+    status = "crashed (SIGKILL, likely out of memory)"
+  elif code < 0:
+    status = f"crashed (signal {-code})"
+  else:
+    status = f"crashed (exit code {code})"
+  return {"status": status, "error": tail}
+
+
+# The benchmark driver.
+
+
+def _write_jsonl_atomically(path: str, records) -> None:
+  """Writes a temp file beside `path`, then renames it over `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile(
+      "w", dir=directory, prefix=".tmp_", suffix=".jsonl", delete=False
+  ) as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+  # Temp files are created private (0600); results are for everyone to read.
+  os.chmod(f.name, 0o644)
+  os.replace(f.name, path)
+
+
+def _memory_columns(record: dict, device_memory: bool):
+  if device_memory and "peak_device_mib" in record:
+    return record["peak_device_mib"], record["device_increment_mib"]
+  return record.get("peak_rss_mib"), record.get("increment_mib")
+
+
+_ROW = "{:<14} {:<8} {:>6} {:>10} {:>10} {:>9} {:>9} {:>6} {:>9} {:>9}  {}"
+
+
+def _format_row(record: dict, device_memory: bool) -> str:
+  number = lambda x, spec: "-" if x is None else format(x, spec)
+  peak, increment = _memory_columns(record, device_memory)
+  fraction = record.get("ceiling_fraction")
+  return _ROW.format(
+      record["mechanism"], record["mode"], record["length"],
+      number(record.get("min_ms"), ".2f"),
+      number(record.get("median_ms"), ".2f"),
+      number(record.get("compile_s"), ".2f"),
+      number(record.get("gflops"), ".1f"),
+      number(None if fraction is None else 100 * fraction, ".1f"),
+      number(peak, ".0f"), number(increment, ".0f"), record["status"],
+  )
+
+
+def ratio_lines(records, device_memory: bool = False) -> list[str]:
+  """The ratios the README quotes, from this run's successful records."""
+  ok = {
+      (r["mechanism"], r["mode"], r["length"]): r
+      for r in records if r.get("status") == "ok"
+  }
+  ratio = lambda a, b: (
+      "n/a" if a is None or b is None or b <= 0 else f"{a / b:.2f}x"
+  )
+  lengths = sorted({key[2] for key in ok})
+  lines = []
+  for numerator, denominator, mode in (
+      ("softmax", "favor", "fwd"),
+      ("scan_causal", "favor_causal", "fwd_bwd"),
+      ("favor_causal", "favor", "fwd_bwd"),
+  ):
+    for length in lengths:
+      a = ok.get((numerator, mode, length))
+      b = ok.get((denominator, mode, length))
+      if a is None or b is None:
+        continue
+      line = (
+          f"{numerator}/{denominator} {mode} L={length}:"
+          f" time {ratio(a['min_ms'], b['min_ms'])}"
+      )
+      if numerator == "softmax":
+        (peak_a, inc_a), (peak_b, inc_b) = (
+            _memory_columns(r, device_memory) for r in (a, b)
+        )
+        line += (
+            f", peak memory {ratio(peak_a, peak_b)},"
+            f" memory increment {ratio(inc_a, inc_b)}"
+        )
+      lines.append(line)
+  return lines
+
+
+def _print_header(header: dict) -> None:
+  settings, check = header["settings"], header["self_check"]
+  print(f"device: {header['device']}  (jax {header['jax_version']})")
+  print(
+      f"shape: batch {settings['batch']}, {settings['heads']} heads, head dim"
+      f" {settings['head_dim']}, {settings['num_features']} features,"
+      f" {settings['dtype']}; chunk {settings['chunk_size']} x"
+      f" {settings['chunks_per_step']} per step;"
+      f" {settings['repeats']} timed runs"
+  )
+  for dtype, measured in header["ceilings"].items():
+    sizes = ", ".join(
+        f"n={n}: {g:.1f}" for n, g in measured["gflops_by_size"].items()
+    )
+    print(
+        f"matmul ceiling {dtype}: {measured['ceiling_gflops']:.1f} GFLOP/s"
+        f" ({sizes})"
+    )
+  print(f"FLOP model: {FLOP_MODEL}")
+  print(
+      "memory: "
+      + (
+          "device peak_bytes_in_use; incr = peak - bytes in use after inputs"
+          if header["memory_measure"] == "device" else
+          "peak RSS (ru_maxrss) of the config's subprocess; incr = peak - RSS"
+          " after JAX init and inputs"
+      )
+      + f"; limit {header['memory_limit_gib']:.1f} GiB"
+  )
+  errors = ", ".join(f"{k} {v:.1e}" for k, v in check["errors"].items())
+  print(
+      f"self-check scan_causal vs kattn causal (max rel. error, tol"
+      f" {check['tolerance']:.0e}): {errors}:"
+      f" {'passed' if check['passed'] else 'FAILED'}"
+      + (f" ({check['error']})" if "error" in check else "")
+  )
+
+
+def run_benchmark(
+    settings: Settings, *, lengths, mechanisms, modes, out: Optional[str],
+    memory_limit_gib: Optional[float], timeout_s: float,
+) -> int:
+  """Probes the device, runs every configuration isolated, prints and saves.
+
+  Returns:
+    A process exit code: 0, or 1 if the device probe itself failed.
+  """
+  host_limit = 0.8 * psutil.virtual_memory().total
+  info = run_isolated(
+      {"kind": "probe", "dtype": settings.dtype}, rss_limit_bytes=host_limit,
+      timeout_s=timeout_s,
+  )
+  if info.get("status") != "ok":
+    print(f"device probe failed: {info.get('status')}\n{info.get('error', '')}")
+    return 1
+  backend = info["backend"]
+  on_gpu = backend == "gpu"
+  device_memory = info["device_memory_bytes"] is not None and backend != "cpu"
+  if mechanisms is None:
+    mechanisms = [m for m in MECHANISMS if on_gpu or m != "softmax_cudnn"]
+  if memory_limit_gib is None:
+    memory_limit_gib = (
+        info["device_memory_bytes"] if device_memory else host_limit
+    ) / _GIB
+  # The limit guards host RAM on CPU; on GPU the host still needs a guard.
+  rss_limit = host_limit if device_memory else memory_limit_gib * _GIB
+  out = out or os.path.join("bench_results", f"attention_{backend}.jsonl")
+  ceiling = info["ceilings"][settings.dtype]["ceiling_gflops"]
+  check = info["self_check"]
+
+  header = {
+      "kind": "header",
+      "device": info["device"],
+      "backend": backend,
+      "jax_version": info["jax_version"],
+      "kattn_version": info["kattn_version"],
+      "settings": dataclasses.asdict(settings),
+      "memory_limit_gib": memory_limit_gib,
+      "memory_measure": "device" if device_memory else "rss",
+      "ceilings": info["ceilings"],
+      "ceiling_gflops": ceiling,
+      "flop_model": FLOP_MODEL,
+      "self_check": check,
+  }
+  _print_header(header)
+  print()
+  print(_ROW.format(
+      "mechanism", "mode", "L", "min ms", "median ms", "compile s", "GFLOP/s",
+      "%ceil", "peak MiB", "incr MiB", "status",
+  ))
+
+  records = [header]
+  shape = dict(
+      batch=settings.batch, heads=settings.heads,
+      head_dim=settings.head_dim, num_features=settings.num_features,
+  )
+  for mechanism in mechanisms:
+    for mode in modes:
+      for length in lengths:
+        estimate = estimate_memory_bytes(
+            mechanism, mode, length=length, dtype=settings.dtype, **shape
+        )
+        flops = flop_model(
+            mechanism, mode, length=length, chunk_size=settings.chunk_size,
+            **shape,
+        )
+        record = {
+            "kind": "result", "mechanism": mechanism, "mode": mode,
+            "length": length, "flops": flops, "estimate_gib": estimate / _GIB,
+        }
+        if mechanism == "softmax_cudnn" and not on_gpu:
+          result = {"status": "skipped (cudnn needs a GPU)"}
+        elif mechanism == "softmax_cudnn" and settings.dtype != "bfloat16":
+          result = {"status": "skipped (cudnn needs --dtype=bfloat16)"}
+        elif mechanism == "scan_causal" and not check["passed"]:
+          result = {"status": "skipped (self-check failed)"}
+        elif estimate > memory_limit_gib * _GIB:
+          result = {
+              "status": f"skipped (estimated {estimate / _GIB:.2f} GiB >"
+                        f" limit {memory_limit_gib:.2f} GiB)"
+          }
+        else:
+          result = run_isolated(
+              {
+                  "kind": "config", "mechanism": mechanism, "mode": mode,
+                  "length": length, "settings": dataclasses.asdict(settings),
+              },
+              rss_limit_bytes=rss_limit, timeout_s=timeout_s,
+          )
+        record.update(result)
+        if record["status"] == "ok":
+          record["gflops"] = flops / (record["min_ms"] / 1e3) / 1e9
+          record["ceiling_fraction"] = record["gflops"] / ceiling
+        records.append(record)
+        print(_format_row(record, device_memory), flush=True)
+        _write_jsonl_atomically(out, records)
+
+  print()
+  for line in ratio_lines(records[1:], device_memory):
+    print(line)
+  print(f"\nwrote {len(records)} JSON lines to {out}")
+  return 0
+
+
+def _define_flags():
+  """Flags live here, not at import, so tests can import the module freely."""
+  flags.DEFINE_list(
+      "lengths", [str(n) for n in LENGTHS], "Sequence lengths L."
+  )
+  flags.DEFINE_list(
+      "mechanisms", None,
+      f"Subset of {', '.join(MECHANISMS)}; default all (softmax_cudnn on GPU"
+      " only).",
+  )
+  flags.DEFINE_list("modes", list(MODES), "Subset of fwd, fwd_bwd.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype.")
+  flags.DEFINE_integer("repeats", 3, "Timed runs after one warm-up run.")
+  flags.DEFINE_bool("quick", False, "Lengths 256 and 1024 only.")
+  flags.DEFINE_string(
+      "out", None,
+      "JSON-lines path; default bench_results/attention_<backend>.jsonl.",
+  )
+  flags.DEFINE_float(
+      "memory_limit_gib", None,
+      "Skip configurations estimated above this; default 80% of physical RAM"
+      " on CPU (also the RSS at which a subprocess is killed), the device"
+      " memory on GPU.",
+  )
+  flags.DEFINE_integer("batch", 1, "Batch size B.")
+  flags.DEFINE_integer("heads", 8, "Heads h.")
+  flags.DEFINE_integer("head_dim", 64, "Head dim d (= value dim).")
+  flags.DEFINE_integer("num_features", 256, "FAVOR+ random features m.")
+  flags.DEFINE_integer(
+      "chunk_size", linear.DEFAULT_CHUNK_SIZE, "kattn causal chunk size C."
+  )
+  flags.DEFINE_integer(
+      "chunks_per_step", linear.DEFAULT_CHUNKS_PER_STEP,
+      "kattn chunks per scan step.",
+  )
+  flags.DEFINE_float(
+      "timeout_s", 3600.0, "Kill a configuration's subprocess after this."
+  )
+  flags.DEFINE_bool(
+      "check_only", False,
+      "Only check scan_causal against kattn (outputs and gradients) and exit.",
+  )
+  # Declared under another module name so that --help (main module flags)
+  # leaves it out; --helpfull still lists it.
+  flags.DEFINE_string(
+      "_worker", None,
+      "Internal: run one JSON task in this process and print its record.",
+      module_name="experiments.bench_attention.internal",
+  )
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  flag_values = flags.FLAGS
+  if flag_values["_worker"].value is not None:
+    record = _run_worker_task(json.loads(flag_values["_worker"].value))
+    print(_RESULT_MARKER + json.dumps(record), flush=True)
+    return
+  if flag_values.check_only:
+    errors = check_scan_causal()
+    for name, error in errors.items():
+      print(f"{name}: max relative error {error:.2e}")
+    passed = max(errors.values()) <= _CHECK_TOLERANCE
+    verdict = "passed" if passed else "FAILED"
+    print(f"tolerance {_CHECK_TOLERANCE:.0e}: {verdict}")
+    sys.exit(0 if passed else 1)
+
+  for name in flag_values.mechanisms or ():
+    if name not in MECHANISMS:
+      raise app.UsageError(f"--mechanisms: {name!r} is not one of {MECHANISMS}")
+  for name in flag_values.modes:
+    if name not in MODES:
+      raise app.UsageError(f"--modes: {name!r} is not one of {MODES}")
+  if flag_values.repeats < 1:
+    raise app.UsageError(f"--repeats must be >= 1; got {flag_values.repeats}")
+  lengths = (
+      QUICK_LENGTHS if flag_values.quick
+      else tuple(int(n) for n in flag_values.lengths)
+  )
+  settings = Settings(
+      batch=flag_values.batch, heads=flag_values.heads,
+      head_dim=flag_values.head_dim, num_features=flag_values.num_features,
+      dtype=flag_values.dtype, chunk_size=flag_values.chunk_size,
+      chunks_per_step=flag_values.chunks_per_step,
+      repeats=flag_values.repeats,
+  )
+  sys.exit(run_benchmark(
+      settings, lengths=lengths, mechanisms=flag_values.mechanisms,
+      modes=flag_values.modes, out=flag_values.out,
+      memory_limit_gib=flag_values.memory_limit_gib,
+      timeout_s=flag_values.timeout_s,
+  ))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

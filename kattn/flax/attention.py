@@ -1,0 +1,204 @@
+"""Multi-head self-attention as a thin Linen wrapper over the pure functions.
+
+The module owns the query, key, value and output projections and calls the
+attention picked by name from `kattn.flax.registry`. Random projections are
+not parameters: they live in the non-trainable `"random_features"`
+collection, drawn once at init, and change only when the training loop calls
+`redraw`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.core
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kattn import _validation
+from kattn.flax import registry
+
+RANDOM_FEATURES = "random_features"
+_PROJECTION_PREFIX = "projection_"
+# Folded into the "params" rng, so that a projection never reuses the key
+# stream a parameter initialiser of the same module draws from.
+_PROJECTION_SALT = 0x52464
+
+
+class MultiHeadSelfAttention(nn.Module):
+  """Multi-head self-attention with the attention mechanism chosen by name.
+
+  Queries, keys and values are `DenseGeneral` projections to
+  `[*batch, length, num_heads, qkv_features // num_heads]`; the attention
+  output goes through dropout and an output projection back to
+  `out_features`. For attentions with random features, the `[m, head_dim]`
+  projection (shared by all heads) is stored in the `"random_features"`
+  collection under `"projection_<sampler>"`, so `init` returns it beside the
+  params and `apply` needs it passed back in.
+
+  Attributes:
+    num_heads: number of heads; must divide `qkv_features`.
+    attention: a name from `kattn.flax.available_attentions()`.
+    num_random_features: projection rows m; None takes the attention's
+      default. Ignored by attentions without random features, so a config
+      can switch attention by name alone.
+    causal: token i attends to tokens j <= i only.
+    qkv_features: total width of queries, keys and values; defaults to the
+      input width.
+    out_features: output width; defaults to the input width.
+    dropout_rate: dropout on the attention output, before the output
+      projection, applied only when `deterministic=False`.
+    dtype: computation dtype; None infers it from the inputs and params.
+    param_dtype: dtype of the parameters.
+    use_bias: whether the four projections have biases.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> layer = MultiHeadSelfAttention(num_heads=2, num_random_features=16)
+    >>> x = jnp.ones((2, 5, 16))
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> sorted(variables)
+    ['params', 'random_features']
+    >>> variables["random_features"]["projection_orthogonal"].shape
+    (16, 8)
+    >>> layer.apply(variables, x).shape
+    (2, 5, 16)
+  """
+
+  num_heads: int
+  attention: str = "favor"
+  num_random_features: Optional[int] = None
+  causal: bool = False
+  qkv_features: Optional[int] = None
+  out_features: Optional[int] = None
+  dropout_rate: float = 0.0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Attends over the length axis.
+
+    Args:
+      x: `[*batch, length, width]` inputs.
+      deterministic: if False, applies dropout with the `"dropout"` rng.
+
+    Returns:
+      `[*batch, length, out_features]` outputs.
+    """
+    spec = registry.get_attention(self.attention)
+    _validation.check_min_rank("x", x, 2, "[*batch, length, width]")
+    _validation.check_positive_int("num_heads", self.num_heads)
+    width = x.shape[-1]
+    qkv_features = self.qkv_features or width
+    if qkv_features % self.num_heads:
+      raise ValueError(
+          f"`qkv_features` ({qkv_features}, the input width when unset) must"
+          f" be divisible by `num_heads`; got num_heads={self.num_heads}."
+      )
+    if self.num_random_features is not None:
+      _validation.check_positive_int(
+          "num_random_features", self.num_random_features
+      )
+    head_dim = qkv_features // self.num_heads
+
+    def dense(name, features, axis):
+      return nn.DenseGeneral(
+          features, axis=axis, use_bias=self.use_bias, dtype=self.dtype,
+          param_dtype=self.param_dtype, name=name,
+      )
+
+    heads = (self.num_heads, head_dim)
+    q = dense("query", heads, -1)(x)
+    k = dense("key", heads, -1)(x)
+    v = dense("value", heads, -1)(x)
+
+    projection = None
+    if spec.projection_sampler is not None:
+      sampler = registry.get_projection_sampler(spec.projection_sampler)
+      num_features = self.num_random_features or spec.num_random_features
+      projection = self.variable(
+          RANDOM_FEATURES,
+          _PROJECTION_PREFIX + spec.projection_sampler,
+          lambda: sampler(
+              jax.random.fold_in(self.make_rng("params"), _PROJECTION_SALT),
+              num_features, head_dim,
+          ),
+      ).value
+
+    out = spec.fn(q, k, v, projection=projection, causal=self.causal)
+    out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+    return dense("out", self.out_features or width, (-2, -1))(out)
+
+
+def _sampler_for(path) -> registry.ProjectionSampler:
+  name = getattr(path[-1], "key", None)
+  where = f"{RANDOM_FEATURES}{jax.tree_util.keystr(path)}"
+  if not isinstance(name, str) or not name.startswith(_PROJECTION_PREFIX):
+    raise ValueError(
+        f"Cannot redraw `{where}`: random-feature variables must be named"
+        f" '{_PROJECTION_PREFIX}<sampler>'; got {name!r}."
+    )
+  sampler_name = name[len(_PROJECTION_PREFIX):]
+  if sampler_name not in registry.available_projection_samplers():
+    raise ValueError(
+        f"Cannot redraw `{where}`: no projection sampler named"
+        f" {sampler_name!r} is registered; registered samplers:"
+        f" {registry.available_projection_samplers()}."
+    )
+  return registry.get_projection_sampler(sampler_name)
+
+
+def redraw(variables, key: jax.Array):
+  """Redraws every random projection in `variables` with its own sampler.
+
+  Each leaf of the `"random_features"` collection, named
+  `"projection_<sampler>"`, gets a fresh draw of the same shape and dtype from
+  that sampler, with key `fold_in(key, i)` for the leaf's index i in the
+  flattened collection, so leaves are independent and the result depends only
+  on `key`. Other collections are returned as they are; `variables` without
+  random features is returned unchanged. Pure, so it can be jitted.
+
+  Args:
+    variables: a variables dict (or `FrozenDict`) as returned by `init`.
+    key: a `jax.random` key.
+
+  Returns:
+    Variables of the same structure with new random projections.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> layer = MultiHeadSelfAttention(num_heads=2, num_random_features=16)
+    >>> variables = layer.init(jax.random.key(0), jnp.ones((2, 5, 16)))
+    >>> new = jax.jit(redraw)(variables, jax.random.key(1))
+    >>> old_w = variables["random_features"]["projection_orthogonal"]
+    >>> new_w = new["random_features"]["projection_orthogonal"]
+    >>> new_w.shape, bool(jnp.all(new_w != old_w))
+    ((16, 8), True)
+  """
+  if RANDOM_FEATURES not in variables:
+    return variables
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(
+      variables[RANDOM_FEATURES]
+  )
+  new_leaves = []
+  for index, (path, leaf) in enumerate(leaves):
+    sampler = _sampler_for(path)
+    if jnp.ndim(leaf) != 2:
+      raise ValueError(
+          f"Cannot redraw `{RANDOM_FEATURES}{jax.tree_util.keystr(path)}`:"
+          " expected a projection of shape [num_features, dim]; got shape"
+          f" {tuple(jnp.shape(leaf))}."
+      )
+    num_features, dim = jnp.shape(leaf)
+    new_leaves.append(
+        sampler(jax.random.fold_in(key, index), num_features, dim).astype(
+            jnp.result_type(leaf)
+        )
+    )
+  new = jax.tree_util.tree_unflatten(treedef, new_leaves)
+  if isinstance(variables, flax.core.FrozenDict):
+    return variables.copy({RANDOM_FEATURES: new})
+  return {**variables, RANDOM_FEATURES: new}

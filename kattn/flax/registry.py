@@ -1,0 +1,251 @@
+"""Attention mechanisms and projection samplers, picked by name.
+
+Modules look attention up by name, so a config line swaps softmax for FAVOR+,
+and new mechanisms plug in with `register_attention` without editing any
+module. Every attention function has one signature,
+
+    fn(q, k, v, *, projection, causal) -> out
+
+on `[*batch, length, heads, dim]` arrays, where `projection` is the
+`[num_random_features, dim]` random projection drawn by the spec's sampler,
+or None for an attention without random features.
+
+Samplers are named too, because the name of the variable that holds a
+projection records its sampler, so that `kattn.flax.redraw` can redraw any
+projection without knowing which module made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from kattn import _validation
+from kattn.attention import linear
+from kattn.features import favor
+from kattn.features import random
+
+AttentionFn = Callable[..., jax.Array]
+ProjectionSampler = Callable[[jax.Array, int, int], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSpec:
+  """A named attention mechanism.
+
+  Attributes:
+    name: the name modules use to pick it, e.g. `"favor"`.
+    fn: `fn(q, k, v, *, projection, causal)` on `[*batch, length, heads, dim]`
+      queries, keys and values, returning `[*batch, length, heads, v_dim]`.
+    num_random_features: default number of projection rows m, or None for an
+      attention without random features.
+    projection_sampler: name of the registered sampler that draws the
+      `[m, dim]` projection, or None for an attention without one. Set both
+      this and `num_random_features`, or neither.
+
+  Examples:
+    >>> spec = AttentionSpec("plain", lambda q, k, v, *, projection, causal: v)
+    >>> spec.projection_sampler is None
+    True
+  """
+
+  name: str
+  fn: AttentionFn
+  num_random_features: Optional[int] = None
+  projection_sampler: Optional[str] = None
+
+  def __post_init__(self):
+    if not isinstance(self.name, str) or not self.name:
+      raise ValueError(f"`name` must be a non-empty string; got {self.name!r}.")
+    if not callable(self.fn):
+      raise ValueError(f"`fn` must be callable; got {self.fn!r}.")
+    if (self.num_random_features is None) != (self.projection_sampler is None):
+      raise ValueError(
+          "`num_random_features` and `projection_sampler` must both be set or"
+          " both be None; got"
+          f" num_random_features={self.num_random_features!r},"
+          f" projection_sampler={self.projection_sampler!r}."
+      )
+    if self.num_random_features is not None:
+      _validation.check_positive_int(
+          "num_random_features", self.num_random_features
+      )
+
+
+_ATTENTIONS: dict[str, AttentionSpec] = {}
+_SAMPLERS: dict[str, ProjectionSampler] = {}
+
+
+def register_projection_sampler(
+    name: str, sampler: ProjectionSampler, *, overwrite: bool = False
+) -> None:
+  """Registers `sampler(key, num_features, dim) -> [num_features, dim]`.
+
+  Args:
+    name: the sampler's name; projections it draws are stored in variables
+      named `"projection_" + name`.
+    sampler: draws a float32 projection from a `jax.random` key; it must be
+      traceable, so that `redraw` can be jitted.
+    overwrite: replace an existing sampler of the same name instead of
+      raising.
+
+  Examples:
+    >>> import jax
+    >>> register_projection_sampler(
+    ...     "my_uniform", lambda key, m, d: jax.random.uniform(key, (m, d)),
+    ...     overwrite=True)
+    >>> "my_uniform" in available_projection_samplers()
+    True
+  """
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"`name` must be a non-empty string; got {name!r}.")
+  if not callable(sampler):
+    raise ValueError(f"`sampler` must be callable; got {sampler!r}.")
+  if name in _SAMPLERS and not overwrite:
+    raise ValueError(
+        f"A projection sampler named {name!r} is already registered; pass"
+        " overwrite=True to replace it."
+    )
+  _SAMPLERS[name] = sampler
+
+
+def get_projection_sampler(name: str) -> ProjectionSampler:
+  """Returns the projection sampler registered as `name`.
+
+  Examples:
+    >>> import jax
+    >>> get_projection_sampler("gaussian")(jax.random.key(0), 4, 2).shape
+    (4, 2)
+  """
+  if name not in _SAMPLERS:
+    raise ValueError(
+        f"Unknown projection sampler {name!r}; registered samplers:"
+        f" {available_projection_samplers()}."
+    )
+  return _SAMPLERS[name]
+
+
+def available_projection_samplers() -> list[str]:
+  """Names of the registered projection samplers, sorted.
+
+  Examples:
+    >>> {"gaussian", "orthogonal"} <= set(available_projection_samplers())
+    True
+  """
+  return sorted(_SAMPLERS)
+
+
+def register_attention(spec: AttentionSpec, *, overwrite: bool = False) -> None:
+  """Makes `spec` available to modules under `spec.name`.
+
+  Args:
+    spec: the attention; its projection sampler, if any, must already be
+      registered.
+    overwrite: replace an existing attention of the same name instead of
+      raising.
+
+  Examples:
+    >>> import kattn
+    >>> def gaussian_relu(q, k, v, *, projection, causal):
+    ...   features = lambda x: kattn.relu_features(x, projection)
+    ...   return kattn.feature_map_attention(
+    ...       q, k, v, feature_map=features, causal=causal)
+    >>> register_attention(
+    ...     AttentionSpec("my_gaussian_relu", gaussian_relu, 64, "gaussian"),
+    ...     overwrite=True)
+    >>> get_attention("my_gaussian_relu").num_random_features
+    64
+  """
+  if not isinstance(spec, AttentionSpec):
+    raise ValueError(f"`spec` must be an AttentionSpec; got {spec!r}.")
+  if spec.projection_sampler is not None:
+    get_projection_sampler(spec.projection_sampler)
+  if spec.name in _ATTENTIONS and not overwrite:
+    raise ValueError(
+        f"An attention named {spec.name!r} is already registered; pass"
+        " overwrite=True to replace it."
+    )
+  _ATTENTIONS[spec.name] = spec
+
+
+def get_attention(name: str) -> AttentionSpec:
+  """Returns the attention registered as `name`.
+
+  Examples:
+    >>> get_attention("favor").projection_sampler
+    'orthogonal'
+  """
+  if name not in _ATTENTIONS:
+    raise ValueError(
+        f"Unknown `attention` {name!r}; registered attentions:"
+        f" {available_attentions()}."
+    )
+  return _ATTENTIONS[name]
+
+
+def available_attentions() -> list[str]:
+  """Names of the registered attentions, sorted.
+
+  Examples:
+    >>> {"softmax", "favor", "relu"} <= set(available_attentions())
+    True
+  """
+  return sorted(_ATTENTIONS)
+
+
+def _softmax(q, k, v, *, projection, causal):
+  del projection
+  # jax.nn.dot_product_attention takes exactly one batch axis.
+  batch_shape = q.shape[:-3]
+  flat = lambda x: x.reshape((-1,) + x.shape[-3:])
+  out = jax.nn.dot_product_attention(
+      flat(q), flat(k), flat(v), is_causal=causal
+  )
+  return out.reshape(batch_shape + out.shape[-3:])
+
+
+def _favor(kernel):
+  def fn(q, k, v, *, projection, causal):
+    return linear.favor_attention(
+        q, k, v, projection=projection, kernel=kernel, causal=causal
+    )
+  return fn
+
+
+def _feature_map(feature_map):
+  def fn(q, k, v, *, projection, causal):
+    del projection
+    return linear.feature_map_attention(
+        q, k, v, feature_map=feature_map, causal=causal
+    )
+  return fn
+
+
+register_projection_sampler(
+    "orthogonal",
+    lambda key, m, d: random.orthogonal_random_projection(
+        key, m, d, dtype=jnp.float32
+    ),
+)
+register_projection_sampler(
+    "gaussian",
+    lambda key, m, d: random.gaussian_random_projection(
+        key, m, d, dtype=jnp.float32
+    ),
+)
+
+# Hyperbolic and trigonometric kernels give 2m features from m rows; half the
+# rows keeps their cost equal to positive FAVOR+ with 256 features.
+for _spec in (
+    AttentionSpec("softmax", _softmax),
+    AttentionSpec("favor", _favor("positive"), 256, "orthogonal"),
+    AttentionSpec("favor_hyperbolic", _favor("hyperbolic"), 128, "orthogonal"),
+    AttentionSpec("favor_trig", _favor("trigonometric"), 128, "orthogonal"),
+    AttentionSpec("relu", _feature_map(favor.relu_features)),
+    AttentionSpec("elu", _feature_map(favor.elu_plus_one_features)),
+):
+  register_attention(_spec)
+del _spec

@@ -1,0 +1,73 @@
+"""The benchmark's baseline and models, the demo, and README's code."""
+
+import pathlib
+import re
+
+import jax
+import pytest
+
+from experiments import bench_attention
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_scan_baseline_matches_kattn_causal_favor():
+  errors = bench_attention.check_scan_causal()
+  assert set(errors) == {"out", "grad_q", "grad_k", "grad_v"}
+  assert max(errors.values()) < 1e-4, errors
+
+
+def test_flop_model_by_hand():
+  shape = dict(batch=1, heads=2, length=10, head_dim=4, num_features=8)
+  # softmax: Q K^T and A V, 2 * L^2 * d FLOPs each per head.
+  assert bench_attention.flop_model("softmax", "fwd", **shape) == 2 * 2 * 2 * 100 * 4
+  # favor: 2 projections (2*L*m*d) + state and readout (2*L*m*(d_v+1)) per head.
+  per_head = 2 * (2 * 10 * 8 * 4) + 2 * (2 * 10 * 8 * 5)
+  assert bench_attention.flop_model("favor", "fwd", **shape) == 2 * per_head
+  causal = bench_attention.flop_model("favor_causal", "fwd", chunk_size=4, **shape)
+  assert causal == 2 * per_head + 2 * 2 * 10 * 4 * (8 + 5)
+
+
+def test_memory_estimates_scale_quadratically_and_linearly():
+  shape = dict(batch=1, heads=8, head_dim=64, num_features=256, dtype="float32")
+  runtime = bench_attention._RUNTIME_BYTES
+
+  def work(mechanism, length):
+    return bench_attention.estimate_memory_bytes(
+        mechanism, "fwd", length=length, **shape) - runtime
+
+  scores = 8 * 16384**2 * 4  # one float32 score matrix at L=16384
+  assert work("softmax", 16384) >= scores
+  assert work("softmax", 16384) == pytest.approx(16 * work("softmax", 4096), rel=0.05)
+  assert work("favor", 16384) == pytest.approx(4 * work("favor", 4096), rel=0.01)
+
+
+def test_one_isolated_configuration_runs_and_reports():
+  record = bench_attention.run_isolated(
+      {
+          "kind": "config", "mechanism": "favor_causal", "mode": "fwd_bwd",
+          "length": 64,
+          "settings": {**bench_attention.dataclasses.asdict(
+              bench_attention.Settings(heads=2, head_dim=8, num_features=16,
+                                       repeats=1))},
+      },
+      rss_limit_bytes=4 << 30, timeout_s=300,
+  )
+  assert record["status"] == "ok", record
+  assert record["min_ms"] > 0 and record["peak_rss_mib"] > 0
+
+
+def test_readme_example_runs():
+  readme = (ROOT / "README.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+  examples = [b for b in blocks if "kattn" in b and not b.lstrip().startswith("!")]
+  assert examples, "README has no runnable python example"
+  for code in examples:
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_readme_gives_the_test_command_that_ci_runs():
+  readme = (ROOT / "README.md").read_text()
+  ci = (ROOT / ".ci" / "run").read_text()
+  assert "make test" in readme and "make demo" in readme
+  assert re.search(r"^make test$", ci, re.M)
