@@ -65,6 +65,11 @@ def _project(x, projection):
   )
 
 
+def _half_squared_norm(x):
+  # An einsum, not sum(x * x): XLA:CPU runs it as a dot, several times faster.
+  return 0.5 * jnp.einsum("...d,...d->...", x, x)
+
+
 def _exp_scaled(exponents, log_scale) -> ScaledFeatures:
   """exp(exponents + log_scale) with the per-token max moved into log space."""
   peak = jax.lax.stop_gradient(jnp.max(exponents, axis=-1))
@@ -100,7 +105,7 @@ def positive_softmax_scaled_features(
   """
   _check_projection(x, projection)
   num_features = projection.shape[0]
-  sq_norm = 0.5 * jnp.sum(x * x, axis=-1)
+  sq_norm = _half_squared_norm(x)
   return _exp_scaled(
       _project(x, projection), -sq_norm - 0.5 * math.log(num_features)
   )
@@ -130,7 +135,7 @@ def hyperbolic_softmax_scaled_features(
   """
   _check_projection(x, projection)
   num_features = projection.shape[0]
-  sq_norm = 0.5 * jnp.sum(x * x, axis=-1)
+  sq_norm = _half_squared_norm(x)
   projected = _project(x, projection)
   return _exp_scaled(
       jnp.concatenate([projected, -projected], axis=-1),
@@ -169,7 +174,7 @@ def trigonometric_softmax_scaled_features(
   values = jnp.concatenate(
       [jnp.sin(projected), jnp.cos(projected)], axis=-1
   ) / math.sqrt(num_features)
-  return ScaledFeatures(values, 0.5 * jnp.sum(x * x, axis=-1))
+  return ScaledFeatures(values, _half_squared_norm(x))
 
 
 def positive_softmax_features(x: jax.Array, projection: jax.Array) -> jax.Array:
