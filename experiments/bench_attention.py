@@ -15,7 +15,10 @@ memory exceeds `--memory_limit_gib` are skipped before launch; a subprocess
 that crashes, runs out of memory or times out is reported, never fatal.
 
 Times are the min and median of `--repeats` runs after one warm-up run of the
-ahead-of-time compiled function; compile time is reported apart. Achieved
+ahead-of-time compiled function; compile time is reported apart. The ratios
+the README quotes are timed again side by side: both mechanisms compiled in
+one process, their runs interleaved for `--paired_rounds` rounds, so that a
+slow spell of a shared machine hits both. Achieved
 GFLOP/s use the matmul-only `FLOP_MODEL` and are compared with a measured
 square-matmul ceiling.
 """
@@ -49,6 +52,14 @@ MECHANISMS = (
 MODES = ("fwd", "fwd_bwd")
 LENGTHS = (256, 1024, 4096, 16384, 65536)
 QUICK_LENGTHS = (256, 1024)
+# Ratios the README quotes, timed side by side in one process.
+PAIRED_COMPARISONS = (
+    ("scan_causal", "favor_causal", "fwd_bwd"),
+    ("favor_causal", "favor", "fwd_bwd"),
+)
+PAIRED_LENGTHS = (4096, 16384)
+QUICK_PAIRED_LENGTHS = (1024,)
+PAIRED_ROUNDS = 7
 CEILING_SIZES = (1024, 2048, 4096)
 
 FLOP_MODEL = (
@@ -368,6 +379,17 @@ def _device_memory(device, key: str) -> Optional[int]:
   return None if not stats or key not in stats else int(stats[key])
 
 
+def _inputs(length: int, settings: Settings):
+  """(q, k, v, projection), ready on the device."""
+  keys = jax.random.split(jax.random.key(settings.seed), 4)
+  shape = (settings.batch, length, settings.heads, settings.head_dim)
+  q, k, v = (jax.random.normal(key, shape, settings.dtype) for key in keys[:3])
+  projection = kattn.orthogonal_random_projection(
+      keys[3], settings.num_features, settings.head_dim
+  )
+  return jax.block_until_ready((q, k, v, projection))
+
+
 def run_config(
     mechanism: str, mode: str, length: int, settings: Settings = Settings()
 ) -> dict:
@@ -391,13 +413,7 @@ def run_config(
   """
   _check_names(mechanism, mode)
   device = jax.devices()[0]
-  keys = jax.random.split(jax.random.key(settings.seed), 4)
-  shape = (settings.batch, length, settings.heads, settings.head_dim)
-  q, k, v = (jax.random.normal(key, shape, settings.dtype) for key in keys[:3])
-  projection = kattn.orthogonal_random_projection(
-      keys[3], settings.num_features, settings.head_dim
-  )
-  args = jax.block_until_ready((q, k, v, projection))
+  args = _inputs(length, settings)
   baseline_rss = _current_rss_bytes()
   baseline_device = _device_memory(device, "bytes_in_use")
 
@@ -432,6 +448,41 @@ def run_config(
         device_increment_mib=(peak_device - baseline_device) / _MIB,
     )
   return record
+
+
+def run_paired(
+    mechanisms, mode: str, length: int, settings: Settings = Settings(),
+    rounds: int = PAIRED_ROUNDS,
+) -> dict:
+  """Times mechanisms side by side in this process, interleaving their runs.
+
+  Separate processes run minutes apart on a shared machine see different
+  loads; here every round runs each mechanism once, back to back, so slow
+  spells hit all of them and the ratio of minima is stable.
+
+  Returns:
+    `{"status": "ok", "min_ms": {mechanism: ms}, "median_ms": {...}}`.
+  """
+  for mechanism in mechanisms:
+    _check_names(mechanism, mode)
+  args = _inputs(length, settings)
+  compiled = {
+      mechanism: _benchmark_fn(mechanism, mode, settings).lower(*args).compile()
+      for mechanism in mechanisms
+  }
+  for fn in compiled.values():
+    jax.block_until_ready(fn(*args))
+  times = {mechanism: [] for mechanism in mechanisms}
+  for _ in range(rounds):
+    for mechanism, fn in compiled.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[mechanism].append(time.perf_counter() - start)
+  return {
+      "status": "ok",
+      "min_ms": {m: 1e3 * min(t) for m, t in times.items()},
+      "median_ms": {m: 1e3 * statistics.median(t) for m, t in times.items()},
+  }
 
 
 def matmul_ceiling(dtype: str = "float32", sizes=CEILING_SIZES) -> dict:
@@ -510,6 +561,11 @@ def _run_worker_task(task: dict) -> dict:
   try:
     if task["kind"] == "probe":
       return probe(task["dtype"])
+    if task["kind"] == "paired":
+      return run_paired(
+          task["mechanisms"], task["mode"], task["length"],
+          Settings(**task["settings"]), task["rounds"],
+      )
     return run_config(
         task["mechanism"], task["mode"], task["length"],
         Settings(**task["settings"]),
@@ -719,6 +775,7 @@ def _print_header(header: dict) -> None:
 def run_benchmark(
     settings: Settings, *, lengths, mechanisms, modes, out: Optional[str],
     memory_limit_gib: Optional[float], timeout_s: float,
+    paired_lengths=PAIRED_LENGTHS, paired_rounds: int = PAIRED_ROUNDS,
 ) -> int:
   """Probes the device, runs every configuration isolated, prints and saves.
 
@@ -818,6 +875,51 @@ def run_benchmark(
   print()
   for line in ratio_lines(records[1:], device_memory):
     print(line)
+
+  print(f"\nside by side in one process, {paired_rounds} interleaved rounds:")
+  for numerator, denominator, mode in PAIRED_COMPARISONS:
+    if not {numerator, denominator} <= set(mechanisms):
+      continue
+    if mode not in modes or (
+        "scan_causal" in (numerator, denominator) and not check["passed"]
+    ):
+      continue
+    for length in paired_lengths:
+      result = run_isolated(
+          {
+              "kind": "paired", "mechanisms": [numerator, denominator],
+              "mode": mode, "length": length, "rounds": paired_rounds,
+              "settings": dataclasses.asdict(settings),
+          },
+          rss_limit_bytes=rss_limit, timeout_s=timeout_s,
+      )
+      record = {
+          "kind": "paired", "mechanisms": [numerator, denominator],
+          "mode": mode, "length": length, "rounds": paired_rounds, **result,
+      }
+      records.append(record)
+      if record["status"] == "ok":
+        a, b = (record["min_ms"][m] for m in (numerator, denominator))
+        line = (
+            f"{numerator}/{denominator} {mode} L={length}: time {a / b:.2f}x"
+            f" (min {a:.1f} ms vs {b:.1f} ms)"
+        )
+        for mechanism in (numerator, denominator):
+          if mechanism in ("favor", "favor_causal"):
+            flops = flop_model(
+                mechanism, mode, length=length,
+                chunk_size=settings.chunk_size, **shape,
+            )
+            gflops = flops / (record["min_ms"][mechanism] / 1e3) / 1e9
+            line += (
+                f"; {mechanism} {gflops:.0f} GFLOP/s ="
+                f" {100 * gflops / ceiling:.1f}% of ceiling"
+            )
+      else:
+        line = f"{numerator}/{denominator} {mode} L={length}: {record['status']}"
+      print(line, flush=True)
+      _write_jsonl_atomically(out, records)
+
   print(f"\nwrote {len(records)} JSON lines to {out}")
   return 0
 
@@ -835,6 +937,14 @@ def _define_flags():
   flags.DEFINE_list("modes", list(MODES), "Subset of fwd, fwd_bwd.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype.")
   flags.DEFINE_integer("repeats", 3, "Timed runs after one warm-up run.")
+  flags.DEFINE_list(
+      "paired_lengths", [str(n) for n in PAIRED_LENGTHS],
+      "Lengths of the side-by-side ratio timings (one process per length).",
+  )
+  flags.DEFINE_integer(
+      "paired_rounds", PAIRED_ROUNDS, "Interleaved rounds of the side-by-side"
+      " timings.",
+  )
   flags.DEFINE_bool("quick", False, "Lengths 256 and 1024 only.")
   flags.DEFINE_string(
       "out", None,
@@ -902,6 +1012,10 @@ def main(argv) -> None:
       QUICK_LENGTHS if flag_values.quick
       else tuple(int(n) for n in flag_values.lengths)
   )
+  paired_lengths = (
+      QUICK_PAIRED_LENGTHS if flag_values.quick
+      else tuple(int(n) for n in flag_values.paired_lengths)
+  )
   settings = Settings(
       batch=flag_values.batch, heads=flag_values.heads,
       head_dim=flag_values.head_dim, num_features=flag_values.num_features,
@@ -913,7 +1027,8 @@ def main(argv) -> None:
       settings, lengths=lengths, mechanisms=flag_values.mechanisms,
       modes=flag_values.modes, out=flag_values.out,
       memory_limit_gib=flag_values.memory_limit_gib,
-      timeout_s=flag_values.timeout_s,
+      timeout_s=flag_values.timeout_s, paired_lengths=paired_lengths,
+      paired_rounds=flag_values.paired_rounds,
   ))
 
 

@@ -99,6 +99,7 @@ def main(argv):
       bench_attention.Settings(), lengths=bench_attention.QUICK_LENGTHS,
       mechanisms=None, modes=bench_attention.MODES, out=None,
       memory_limit_gib=None, timeout_s=600.0,
+      paired_lengths=bench_attention.QUICK_PAIRED_LENGTHS,
   )
   if status:
     raise SystemExit(status)

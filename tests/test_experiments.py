@@ -71,3 +71,13 @@ def test_readme_gives_the_test_command_that_ci_runs():
   ci = (ROOT / ".ci" / "run").read_text()
   assert "make test" in readme and "make demo" in readme
   assert re.search(r"^make test$", ci, re.M)
+
+
+def test_paired_timing_reports_every_mechanism():
+  settings = bench_attention.Settings(heads=2, head_dim=8, num_features=16)
+  result = bench_attention.run_paired(
+      ["favor", "favor_causal"], "fwd", 32, settings, rounds=2
+  )
+  assert result["status"] == "ok"
+  assert set(result["min_ms"]) == {"favor", "favor_causal"}
+  assert all(t > 0 for t in result["min_ms"].values())
