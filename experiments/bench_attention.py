@@ -8,7 +8,7 @@ Usage:
 
 Every (mechanism, mode, length) runs in a fresh subprocess, so each one starts
 from a clean allocator and has its own peak-memory counter: on CPU the peak
-resident set of the subprocess (`ru_maxrss`), on GPU the device allocator's
+resident set of the subprocess (`VmHWM`), on GPU the device allocator's
 `peak_bytes_in_use`. Both are also given as an increment over the memory held
 right after JAX start-up and input creation. Configurations whose estimated
 memory exceeds `--memory_limit_gib` are skipped before launch; a subprocess
@@ -369,6 +369,19 @@ def _current_rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
+  """Peak resident set of this process since it started.
+
+  Linux keeps ru_maxrss across execve, so a subprocess launched by a large
+  parent would report the parent's peak; VmHWM belongs to the new address
+  space and starts afresh.
+  """
+  try:
+    with open("/proc/self/status") as status:
+      for line in status:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
   # ru_maxrss is in KiB on Linux (bytes on macOS).
   scale = 1 if sys.platform == "darwin" else 1024
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
@@ -758,7 +771,7 @@ def _print_header(header: dict) -> None:
       + (
           "device peak_bytes_in_use; incr = peak - bytes in use after inputs"
           if header["memory_measure"] == "device" else
-          "peak RSS (ru_maxrss) of the config's subprocess; incr = peak - RSS"
+          "peak RSS (VmHWM) of the config's subprocess; incr = peak - RSS"
           " after JAX init and inputs"
       )
       + f"; limit {header['memory_limit_gib']:.1f} GiB"

@@ -4,6 +4,8 @@ import pathlib
 import re
 
 import jax
+import numpy as np
+import psutil
 import pytest
 
 from experiments import bench_attention
@@ -81,3 +83,22 @@ def test_paired_timing_reports_every_mechanism():
   assert result["status"] == "ok"
   assert set(result["min_ms"]) == {"favor", "favor_causal"}
   assert all(t > 0 for t in result["min_ms"].values())
+
+
+def test_isolated_peak_memory_is_the_subprocess_own():
+  # Linux keeps ru_maxrss across execve: a child of a large parent would
+  # report the parent's peak. Make this process large, then check.
+  ballast = np.ones((256, 1 << 20), np.float32)  # 1 GiB, touched
+  parent_rss_mib = psutil.Process().memory_info().rss / (1 << 20)
+  record = bench_attention.run_isolated(
+      {
+          "kind": "config", "mechanism": "favor", "mode": "fwd", "length": 32,
+          "settings": bench_attention.dataclasses.asdict(
+              bench_attention.Settings(heads=1, head_dim=8, num_features=8,
+                                       repeats=1)),
+      },
+      rss_limit_bytes=8 << 30, timeout_s=300,
+  )
+  assert record["status"] == "ok", record
+  assert record["peak_rss_mib"] < parent_rss_mib - 512, (record, parent_rss_mib)
+  del ballast
