@@ -1,0 +1,28 @@
+"""Notebooks run top to bottom in their fast mode."""
+
+import os
+import pathlib
+
+import nbclient
+import nbformat
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path, monkeypatch):
+  monkeypatch.setenv("KATTN_NOTEBOOK_FAST", "1")
+  monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  notebook = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(
+      notebook, timeout=600, kernel_name="python3",
+      resources={"metadata": {"path": str(ROOT)}},
+  )
+  client.execute()
+  outputs = "".join(
+      output.get("text", "") for cell in notebook.cells
+      for output in cell.get("outputs", [])
+  )
+  assert "test accuracy" in outputs
