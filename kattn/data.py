@@ -418,13 +418,33 @@ def random_rotation(
         f"`max_degrees` must be finite and non-negative; got {max_degrees!r}."
     )
   angles = rng.uniform(-max_degrees, max_degrees, size=len(images))
-  return _rotate(images, angles)
+  return rotate(images, angles)
 
 
-def _rotate(images, degrees):
-  """Turns `images[n]` by `degrees[n]` counterclockwise; bilinear, zero fill."""
+def rotate(images: np.ndarray, degrees) -> np.ndarray:
+  """Turns `images[n]` by `degrees[n]` counterclockwise; bilinear, zero fill.
+
+  The one bilinear rotation of the package (`kattn.robustness` uses it too),
+  about the centre ((H - 1) / 2, (W - 1) / 2), as displayed with row 0 on top.
+
+  Args:
+    images: `[N, H, W, C]` floating images.
+    degrees: one angle, or `[N]` angles, in degrees.
+
+  Returns:
+    `[N, H, W, C]` rotated images, same dtype.
+
+  Examples:
+    >>> import numpy as np
+    >>> x = np.zeros((1, 3, 3, 1), np.float32); x[0, 0, 1] = 1.0
+    >>> np.round(rotate(x, 90.0)[0, :, :, 0], 6)
+    array([[0., 0., 0.],
+           [1., 0., 0.],
+           [0., 0., 0.]], dtype=float32)
+  """
   num, height, width, _ = images.shape
-  theta = np.deg2rad(np.asarray(degrees, np.float64))[:, None, None]
+  degrees = np.broadcast_to(np.asarray(degrees, np.float64), (num,))
+  theta = np.deg2rad(degrees)[:, None, None]
   cos, sin = np.cos(theta), np.sin(theta)
   centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
   y, x = np.meshgrid(

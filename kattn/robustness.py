@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import numpy.typing as npt
 
+from kattn import data
+
 Predict = Callable[[np.ndarray], Any]
 
 # Array axis of `[N, H, W, C]` along which each named shift moves pixels.
@@ -190,33 +192,6 @@ def fits_under_shifts(
   return _border_margins(images, axis, threshold) >= max_shift
 
 
-def _bilinear_sample(
-    images: np.ndarray, rows: np.ndarray, cols: np.ndarray
-) -> np.ndarray:
-  """Samples `[N, H, W, C]` images at `[H', W']` real points; 0 outside."""
-  height, width = images.shape[1:3]
-  dtype = np.result_type(images.dtype, np.float32)
-  row0 = np.floor(rows)
-  col0 = np.floor(cols)
-  row_frac = rows - row0
-  col_frac = cols - col0
-  row0 = row0.astype(np.intp)
-  col0 = col0.astype(np.intp)
-  sampled = np.zeros(images.shape[:1] + rows.shape + images.shape[3:], dtype)
-  for row_offset, row_weight in ((0, 1 - row_frac), (1, row_frac)):
-    for col_offset, col_weight in ((0, 1 - col_frac), (1, col_frac)):
-      r = row0 + row_offset
-      c = col0 + col_offset
-      # Neighbours outside the frame are background, which is how zero fill
-      # fades in smoothly at the border instead of clamping to edge pixels.
-      inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-      weight = np.where(inside, row_weight * col_weight, 0.0).astype(dtype)
-      r = np.clip(r, 0, height - 1)
-      c = np.clip(c, 0, width - 1)
-      sampled += weight[None, :, :, None] * images[:, r, c]
-  return sampled
-
-
 def rotate_images(images: npt.ArrayLike, degrees: float) -> np.ndarray:
   """Rotates images about their centre, bilinear interpolation, zero fill.
 
@@ -248,23 +223,7 @@ def rotate_images(images: npt.ArrayLike, degrees: float) -> np.ndarray:
   quarter_turns, remainder = divmod(degrees, 90.0)
   if remainder == 0 and (quarter_turns % 2 == 0 or height == width):
     return np.rot90(images, int(quarter_turns) % 4, axes=(1, 2)).astype(dtype)
-  # Inverse mapping: each output pixel reads the input at the point that the
-  # rotation carries onto it, in coordinates with y pointing up.
-  theta = math.radians(degrees)
-  cos, sin = math.cos(theta), math.sin(theta)
-  centre_row, centre_col = (height - 1) / 2, (width - 1) / 2
-  rows, cols = np.meshgrid(
-      np.arange(height, dtype=np.float64),
-      np.arange(width, dtype=np.float64),
-      indexing="ij",
-  )
-  x = cols - centre_col
-  y = centre_row - rows
-  source_x = cos * x + sin * y
-  source_y = -sin * x + cos * y
-  return _bilinear_sample(
-      images, centre_row - source_y, centre_col + source_x
-  )
+  return data.rotate(images.astype(dtype), degrees)
 
 
 def _predicted_classes(

@@ -464,14 +464,14 @@ def test_rotate_quarter_turns_match_rot90(size):
   images = _random_images((2, size, size, 3), dtype=np.float64)
   for quarter_turns in (1, 2, 3, -1):
     np.testing.assert_allclose(
-        data._rotate(images, [90.0 * quarter_turns] * 2),
+        data.rotate(images, [90.0 * quarter_turns] * 2),
         np.rot90(images, quarter_turns, axes=(1, 2)), atol=1e-9,
     )
 
 
 def test_rotate_fills_zeros_outside():
   ones = np.ones((1, 9, 9, 1), np.float32)
-  out = data._rotate(ones, [45.0])[0, :, :, 0]
+  out = data.rotate(ones, [45.0])[0, :, :, 0]
   # The corners read from outside the image on all four sides.
   np.testing.assert_array_equal(out[[0, 0, -1, -1], [0, -1, 0, -1]], 0.0)
   np.testing.assert_allclose(out[2:-2, 2:-2], 1.0, rtol=1e-6)
