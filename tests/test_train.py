@@ -244,3 +244,16 @@ def test_resuming_with_another_config_is_refused(tmp_path):
   train.train_and_evaluate(_tiny_config(), str(tmp_path))
   with pytest.raises(ValueError, match="different config"):
     train.train_and_evaluate(_tiny_config(**{"model.width": 48}), str(tmp_path))
+
+
+def test_a_half_written_checkpoint_is_never_taken_for_a_good_one(tmp_path):
+  train.train_and_evaluate(_tiny_config(), str(tmp_path))
+  # What a run killed while saving step 9999 leaves behind: orbax stages
+  # every save in a temporary folder and renames it only when complete.
+  partial = tmp_path / "checkpoints" / "9999.orbax-checkpoint-tmp-1764000000"
+  (partial / "default").mkdir(parents=True)
+  (partial / "default" / "manifest.ocdbt").write_bytes(b"\0" * 7)
+  _, _, state = train.restore_for_evaluation(str(tmp_path))
+  assert int(state.step) == 4000 // 64
+  results = train.train_and_evaluate(_tiny_config(), str(tmp_path))
+  assert results["steps_this_run"] == 0
