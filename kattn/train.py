@@ -294,106 +294,109 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
   )
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(state, replicated)
-    logging.info("Resumed from step %d in %s.", int(state.step), workdir)
-    print(f"resumed from step {int(state.step)}", flush=True)
-  else:
-    state = jax.device_put(state, replicated)
-  is_chief = jax.process_index() == 0
-  if is_chief:
-    write_json_atomically(
-        os.path.join(workdir, "config.json"),
-        json.loads(config.to_json_best_effort()),
-    )
-    _truncate_metrics(metrics_path, int(state.step))
-  writer = (
-      tensorboard.TensorboardWriter(os.path.join(workdir, "tensorboard"))
-      if is_chief else None
-  )
-
-  train_step = make_train_step(model, optimizer)
-  redraw = jax.jit(attention_lib.redraw)
-  seed_key = jax.random.key(config.seed)
-  dropout_root, redraw_root = jax.random.split(seed_key)
-  step = int(state.step)
-  pending, window_start, window_step = [], time.perf_counter(), step
-  train_start, steps_run = time.perf_counter(), 0
-  while step < total_steps:
-    epoch, offset = divmod(step, steps_per_epoch)
-    batches = data_lib.batches(
-        train, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
-        process_index=jax.process_index(), process_count=num_processes,
-    )
-    for index, (images, labels) in enumerate(batches):
-      if index < offset:
-        continue
-      _check_finite(images, step)
-      images = _augment(images, config, step)
-      if config.redraw_every and step and step % config.redraw_every == 0:
-        state = state.replace(random_features=redraw(
-            {attention_lib.RANDOM_FEATURES: state.random_features},
-            jax.random.fold_in(redraw_root, step),
-        ).get(attention_lib.RANDOM_FEATURES, {}))
-      state, metrics = train_step(
-          state, _global_batch(batch_sharding, images),
-          _global_batch(batch_sharding, labels),
-          jax.random.fold_in(dropout_root, step),
+  # Closed even when training fails, so orbax stops its background threads.
+  try:
+    if checkpoints.latest_step() is not None:
+      state = checkpoints.restore(state, replicated)
+      logging.info("Resumed from step %d in %s.", int(state.step), workdir)
+      print(f"resumed from step {int(state.step)}", flush=True)
+    else:
+      state = jax.device_put(state, replicated)
+    is_chief = jax.process_index() == 0
+    if is_chief:
+      write_json_atomically(
+          os.path.join(workdir, "config.json"),
+          json.loads(config.to_json_best_effort()),
       )
-      step += 1
-      steps_run += 1
-      pending.append(metrics)
-      if step % config.log_every == 0 or step == total_steps:
-        means = {
-            k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]
-        }
-        if not np.isfinite(means["loss"]):
-          raise FloatingPointError(
-              f"Training diverged: mean loss {means['loss']} at step {step};"
-              " lower optimizer.learning_rate or check the data."
-          )
-        elapsed = time.perf_counter() - window_start
-        examples_per_s = (step - window_step) * config.batch_size / elapsed
-        eta = (total_steps - step) * elapsed / (step - window_step)
-        record = {
-            "step": step, "epoch": epoch, **means,
-            "examples_per_s": examples_per_s,
-        }
-        if is_chief:
-          writer.write_scalars(step, {
-              f"train/{k}": v for k, v in record.items()
-              if k not in ("step", "epoch")
-          })
-          with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(
-            f"step {step}/{total_steps}  epoch {epoch}  loss {means['loss']:.4f}"
-            f"  accuracy {means['accuracy']:.3f}  {examples_per_s:.0f} ex/s"
-            f"  ETA {eta:.0f}s", flush=True,
-        )
-        pending, window_start, window_step = [], time.perf_counter(), step
-      if step % config.checkpoint_every == 0 or step == total_steps:
-        checkpoints.save(state)
-      if step == total_steps:
-        break
-  train_time = time.perf_counter() - train_start
+      _truncate_metrics(metrics_path, int(state.step))
+    writer = (
+        tensorboard.TensorboardWriter(os.path.join(workdir, "tensorboard"))
+        if is_chief else None
+    )
 
-  report = evaluate(model, state, test, config)
-  results = {
-      "dataset": config.dataset, "attention": config.model.attention,
-      "steps": total_steps, "steps_this_run": steps_run,
-      "train_time_s": train_time,
-      "time_per_step_ms": 1e3 * train_time / steps_run if steps_run else None,
-      "peak_rss_mib": _peak_rss_mib(), "num_devices": num_devices,
-      **report,
-  }
-  if is_chief:
-    writer.write_scalars(total_steps, {"test/accuracy": report["accuracy"]})
-    writer.close()
-    write_json_atomically(os.path.join(workdir, "results.json"), results)
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps({"step": total_steps, "test_accuracy": report["accuracy"]}) + "\n")
-  checkpoints.close()
+    train_step = make_train_step(model, optimizer)
+    redraw = jax.jit(attention_lib.redraw)
+    seed_key = jax.random.key(config.seed)
+    dropout_root, redraw_root = jax.random.split(seed_key)
+    step = int(state.step)
+    pending, window_start, window_step = [], time.perf_counter(), step
+    train_start, steps_run = time.perf_counter(), 0
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      batches = data_lib.batches(
+          train, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
+          process_index=jax.process_index(), process_count=num_processes,
+      )
+      for index, (images, labels) in enumerate(batches):
+        if index < offset:
+          continue
+        _check_finite(images, step)
+        images = _augment(images, config, step)
+        if config.redraw_every and step and step % config.redraw_every == 0:
+          state = state.replace(random_features=redraw(
+              {attention_lib.RANDOM_FEATURES: state.random_features},
+              jax.random.fold_in(redraw_root, step),
+          ).get(attention_lib.RANDOM_FEATURES, {}))
+        state, metrics = train_step(
+            state, _global_batch(batch_sharding, images),
+            _global_batch(batch_sharding, labels),
+            jax.random.fold_in(dropout_root, step),
+        )
+        step += 1
+        steps_run += 1
+        pending.append(metrics)
+        if step % config.log_every == 0 or step == total_steps:
+          means = {
+              k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]
+          }
+          if not np.isfinite(means["loss"]):
+            raise FloatingPointError(
+                f"Training diverged: mean loss {means['loss']} at step {step};"
+                " lower optimizer.learning_rate or check the data."
+            )
+          elapsed = time.perf_counter() - window_start
+          examples_per_s = (step - window_step) * config.batch_size / elapsed
+          eta = (total_steps - step) * elapsed / (step - window_step)
+          record = {
+              "step": step, "epoch": epoch, **means,
+              "examples_per_s": examples_per_s,
+          }
+          if is_chief:
+            writer.write_scalars(step, {
+                f"train/{k}": v for k, v in record.items()
+                if k not in ("step", "epoch")
+            })
+            with open(metrics_path, "a") as f:
+              f.write(json.dumps(record) + "\n")
+          print(
+              f"step {step}/{total_steps}  epoch {epoch}  loss {means['loss']:.4f}"
+              f"  accuracy {means['accuracy']:.3f}  {examples_per_s:.0f} ex/s"
+              f"  ETA {eta:.0f}s", flush=True,
+          )
+          pending, window_start, window_step = [], time.perf_counter(), step
+        if step % config.checkpoint_every == 0 or step == total_steps:
+          checkpoints.save(state)
+        if step == total_steps:
+          break
+    train_time = time.perf_counter() - train_start
+
+    report = evaluate(model, state, test, config)
+    results = {
+        "dataset": config.dataset, "attention": config.model.attention,
+        "steps": total_steps, "steps_this_run": steps_run,
+        "train_time_s": train_time,
+        "time_per_step_ms": 1e3 * train_time / steps_run if steps_run else None,
+        "peak_rss_mib": _peak_rss_mib(), "num_devices": num_devices,
+        **report,
+    }
+    if is_chief:
+      writer.write_scalars(total_steps, {"test/accuracy": report["accuracy"]})
+      writer.close()
+      write_json_atomically(os.path.join(workdir, "results.json"), results)
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps({"step": total_steps, "test_accuracy": report["accuracy"]}) + "\n")
+  finally:
+    checkpoints.close()
   return results
 
 
@@ -412,9 +415,11 @@ def restore_for_evaluation(workdir: str):
       model, create_optimizer(config, 1), train.images.shape[1:], config.seed
   )
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
-  if checkpoints.latest_step() is None:
-    raise ValueError(f"--workdir {workdir} holds no complete checkpoint.")
-  replicated = NamedSharding(data_mesh(), PartitionSpec())
-  state = checkpoints.restore(template, replicated)
-  checkpoints.close()
+  try:
+    if checkpoints.latest_step() is None:
+      raise ValueError(f"--workdir {workdir} holds no complete checkpoint.")
+    replicated = NamedSharding(data_mesh(), PartitionSpec())
+    state = checkpoints.restore(template, replicated)
+  finally:
+    checkpoints.close()
   return config, model, state
