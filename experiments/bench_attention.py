@@ -29,7 +29,6 @@ import dataclasses
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import jax.numpy as jnp
 import psutil
 
 import kattn
+from kattn import _memory
 from kattn.attention import linear
 
 MECHANISMS = (
@@ -368,25 +368,6 @@ def _current_rss_bytes() -> int:
   return psutil.Process().memory_info().rss
 
 
-def _peak_rss_bytes() -> int:
-  """Peak resident set of this process since it started.
-
-  Linux keeps ru_maxrss across execve, so a subprocess launched by a large
-  parent would report the parent's peak; VmHWM belongs to the new address
-  space and starts afresh.
-  """
-  try:
-    with open("/proc/self/status") as status:
-      for line in status:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  # ru_maxrss is in KiB on Linux (bytes on macOS).
-  scale = 1 if sys.platform == "darwin" else 1024
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 def _device_memory(device, key: str) -> Optional[int]:
   stats = device.memory_stats()
   return None if not stats or key not in stats else int(stats[key])
@@ -433,7 +414,7 @@ def run_config(
   start = time.perf_counter()
   compiled = _benchmark_fn(mechanism, mode, settings).lower(*args).compile()
   compile_s = time.perf_counter() - start
-  rss_after_compile = _peak_rss_bytes()
+  rss_after_compile = _memory.peak_rss_bytes()
   jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(settings.repeats):
@@ -441,7 +422,7 @@ def run_config(
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
 
-  peak_rss = _peak_rss_bytes()
+  peak_rss = _memory.peak_rss_bytes()
   record = {
       "status": "ok",
       "min_ms": 1e3 * min(times),

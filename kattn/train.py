@@ -31,6 +31,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from kattn import _memory
 from kattn import data as data_lib
 from kattn import robustness
 from kattn import tensorboard
@@ -243,14 +244,6 @@ def _truncate_metrics(path: str, step: int) -> None:
     f.writelines(lines)
 
 
-def _peak_rss_mib() -> float:
-  with open("/proc/self/status") as status:
-    for line in status:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) / 1024
-  return float("nan")
-
-
 def evaluate(model, state: TrainState, dataset: data_lib.Dataset, config) -> dict:
   """Accuracy plus shift- and rotation-robustness curves on `dataset`."""
   return robustness.robustness_report(
@@ -386,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "steps": total_steps, "steps_this_run": steps_run,
         "train_time_s": train_time,
         "time_per_step_ms": 1e3 * train_time / steps_run if steps_run else None,
-        "peak_rss_mib": _peak_rss_mib(), "num_devices": num_devices,
+        "peak_rss_mib": _memory.peak_rss_bytes() / 2**20, "num_devices": num_devices,
         **report,
     }
     if is_chief:
