@@ -475,12 +475,44 @@ def favor_attention(
   References:
     Choromanski et al., "Rethinking Attention with Performers", ICLR 2021.
   """
+  _validation.check_attention_inputs(q, k, v)
+  feature_map = favor_feature_map(projection, q.shape[-1], kernel=kernel)
+  return feature_map_attention(
+      q, k, v, feature_map=feature_map, causal=causal, chunk_size=chunk_size,
+      chunks_per_step=chunks_per_step, accum_dtype=accum_dtype,
+  )
+
+
+def favor_feature_map(
+    projection: jax.Array,
+    dim: int,
+    *,
+    kernel: Literal["positive", "hyperbolic", "trigonometric"] = "positive",
+) -> Callable[[jax.Array], favor.ScaledFeatures]:
+  """The feature map of `favor_attention`, for attentions built on it.
+
+  Returns x -> `SOFTMAX_KERNELS[kernel](x * dim^{-1/4}, projection)`, so that
+  feature products estimate exp(q^T k / sqrt(dim)), after checking `kernel`
+  and that `projection` is `[m, dim]`.
+
+  Args:
+    projection: `[m, dim]` random projection.
+    dim: the query/key dim the map will be applied to.
+    kernel: `"positive"`, `"hyperbolic"` or `"trigonometric"`.
+
+  Returns:
+    A map `[..., dim] -> ScaledFeatures` in the inputs' dtype.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> phi = favor_feature_map(jnp.eye(4), 4)
+    >>> phi(jnp.ones((3, 4))).values.shape
+    (3, 4)
+  """
   if kernel not in SOFTMAX_KERNELS:
     raise ValueError(
         f"`kernel` must be one of {sorted(SOFTMAX_KERNELS)}; got {kernel!r}."
     )
-  _validation.check_attention_inputs(q, k, v)
-  dim = q.shape[-1]
   if jnp.ndim(projection) != 2 or jnp.shape(projection)[-1] != dim:
     raise ValueError(
         f"`projection` must have shape [num_features, {dim}] to match the"
@@ -488,8 +520,4 @@ def favor_attention(
     )
   scale = dim ** -0.25
   scaled_features = SOFTMAX_KERNELS[kernel]
-  feature_map = lambda x: scaled_features(x * scale, projection.astype(x.dtype))
-  return feature_map_attention(
-      q, k, v, feature_map=feature_map, causal=causal, chunk_size=chunk_size,
-      chunks_per_step=chunks_per_step, accum_dtype=accum_dtype,
-  )
+  return lambda x: scaled_features(x * scale, projection.astype(x.dtype))

@@ -94,6 +94,27 @@ def quadratic_kernel_attention(
     kernel = jnp.where(
         _causal_mask(q_features.shape[-3], k_features.shape[-3]), kernel, 0.0
     )
-  numerator = jnp.einsum("...hqk,...khd->...qhd", kernel, v)
-  denominator = jnp.swapaxes(jnp.sum(kernel, axis=-1), -1, -2)[..., None]
+  return weighted_average(kernel, v)
+
+
+def weighted_average(weights: jax.Array, v: jax.Array) -> jax.Array:
+  """out_i = sum_j w_ij v_j / sum_j w_ij, from explicit attention weights.
+
+  The last step of every quadratic reference.
+
+  Args:
+    weights: `[*batch, heads, q_length, k_length]` unnormalised weights.
+    v: `[*batch, k_length, heads, v_dim]` values.
+
+  Returns:
+    `[*batch, q_length, heads, v_dim]` outputs.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> w = jnp.array([[[1.0, 3.0]]])  # one head, one query, two keys
+    >>> weighted_average(w, jnp.array([[[0.0]], [[4.0]]]))[0, 0, 0]
+    Array(3., dtype=float32)
+  """
+  numerator = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+  denominator = jnp.swapaxes(jnp.sum(weights, axis=-1), -1, -2)[..., None]
   return numerator / denominator
