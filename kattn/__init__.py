@@ -28,5 +28,7 @@ from kattn.features import (
 )
 
 from kattn import flax
+from kattn import positional
+from kattn import testing
 
 __version__ = "0.1.0"

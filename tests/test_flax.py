@@ -414,7 +414,7 @@ def test_image_rank_must_be_four(shape):
 
 def test_unknown_position_embedding_raises():
   with pytest.raises(ValueError, match="position_embedding"):
-    _init_abstract(_small_vit(position_embedding="sinusoid"), (1, 8, 8, 3))
+    _init_abstract(_small_vit(position_embedding="sinusoidal"), (1, 8, 8, 3))
 
 
 # ------------------------------------------------------------------ models

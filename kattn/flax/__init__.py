@@ -8,6 +8,10 @@ from kattn.flax.models import (
     EncoderBlock,
     VisionTransformer,
 )
+from kattn.flax.relative import (
+    RELATIVE_POSITIONS,
+    RelativeSelfAttention,
+)
 from kattn.flax.registry import (
     AttentionSpec,
     available_attentions,

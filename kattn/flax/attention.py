@@ -20,10 +20,10 @@ from kattn import _validation
 from kattn.flax import registry
 
 RANDOM_FEATURES = "random_features"
-_PROJECTION_PREFIX = "projection_"
+PROJECTION_PREFIX = "projection_"
 # Folded into the "params" rng, so that a projection never reuses the key
 # stream a parameter initialiser of the same module draws from.
-_PROJECTION_SALT = 0x52464
+PROJECTION_SALT = 0x52464
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -121,9 +121,9 @@ class MultiHeadSelfAttention(nn.Module):
       num_features = self.num_random_features or spec.num_random_features
       projection = self.variable(
           RANDOM_FEATURES,
-          _PROJECTION_PREFIX + spec.projection_sampler,
+          PROJECTION_PREFIX + spec.projection_sampler,
           lambda: sampler(
-              jax.random.fold_in(self.make_rng("params"), _PROJECTION_SALT),
+              jax.random.fold_in(self.make_rng("params"), PROJECTION_SALT),
               num_features, head_dim,
           ),
       ).value
@@ -136,12 +136,12 @@ class MultiHeadSelfAttention(nn.Module):
 def _sampler_for(path) -> registry.ProjectionSampler:
   name = getattr(path[-1], "key", None)
   where = f"{RANDOM_FEATURES}{jax.tree_util.keystr(path)}"
-  if not isinstance(name, str) or not name.startswith(_PROJECTION_PREFIX):
+  if not isinstance(name, str) or not name.startswith(PROJECTION_PREFIX):
     raise ValueError(
         f"Cannot redraw `{where}`: random-feature variables must be named"
-        f" '{_PROJECTION_PREFIX}<sampler>'; got {name!r}."
+        f" '{PROJECTION_PREFIX}<sampler>'; got {name!r}."
     )
-  sampler_name = name[len(_PROJECTION_PREFIX):]
+  sampler_name = name[len(PROJECTION_PREFIX):]
   if sampler_name not in registry.available_projection_samplers():
     raise ValueError(
         f"Cannot redraw `{where}`: no projection sampler named"

@@ -15,8 +15,10 @@ import jax.numpy as jnp
 
 from kattn import _validation
 from kattn.flax import attention as attention_lib
+from kattn.flax import relative as relative_lib
+from kattn.positional import absolute
 
-_POSITION_EMBEDDINGS = ("learned", "none")
+_POSITION_EMBEDDINGS = ("learned", "sinusoid", "none")
 
 
 class EncoderBlock(nn.Module):
@@ -35,6 +37,11 @@ class EncoderBlock(nn.Module):
     dropout_rate: dropout after the attention, inside and after the MLP.
     dtype: computation dtype; None infers it from the inputs and params.
     param_dtype: dtype of the parameters.
+    relative_position: None for position-free attention
+      (`MultiHeadSelfAttention`), or a mode of
+      `kattn.flax.RelativeSelfAttention` (then `grid` must be given).
+    num_scales, position_frequencies, max_period, content_conditional,
+      max_distance, relative_method: options of `RelativeSelfAttention`.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -52,13 +59,23 @@ class EncoderBlock(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  relative_position: Optional[str] = None
+  num_scales: int = 4
+  position_frequencies: str = "geometric"
+  max_period: Optional[float] = None
+  content_conditional: bool = False
+  max_distance: int = 4
+  relative_method: str = "auto"
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, *, grid=None, deterministic: bool = True
+  ) -> jax.Array:
     """Applies the block.
 
     Args:
       x: `[*batch, length, width]` tokens.
+      grid: `(height, width)` of the token grid, for relative positions.
       deterministic: if False, applies dropout with the `"dropout"` rng.
 
     Returns:
@@ -76,11 +93,36 @@ class EncoderBlock(nn.Module):
     )
 
     y = norm("attention_norm")(x)
-    y = attention_lib.MultiHeadSelfAttention(
-        num_heads=self.num_heads, attention=self.attention,
-        num_random_features=self.num_random_features, causal=self.causal,
-        dtype=self.dtype, param_dtype=self.param_dtype, name="attention",
-    )(y, deterministic=deterministic)
+    if self.relative_position is None:
+      y = attention_lib.MultiHeadSelfAttention(
+          num_heads=self.num_heads, attention=self.attention,
+          num_random_features=self.num_random_features, causal=self.causal,
+          dtype=self.dtype, param_dtype=self.param_dtype, name="attention",
+      )(y, deterministic=deterministic)
+    else:
+      if self.causal:
+        raise ValueError(
+            "`causal` attention with `relative_position` is not supported:"
+            " relative positions here act on a 2-D grid of image tokens."
+        )
+      if grid is None:
+        raise ValueError(
+            f"`grid` must be given with relative_position="
+            f"{self.relative_position!r}."
+        )
+      y = relative_lib.RelativeSelfAttention(
+          num_heads=self.num_heads,
+          relative_position=self.relative_position,
+          attention=self.attention,
+          num_random_features=self.num_random_features,
+          num_scales=self.num_scales,
+          position_frequencies=self.position_frequencies,
+          max_period=self.max_period,
+          content_conditional=self.content_conditional,
+          max_distance=self.max_distance,
+          relative_method=self.relative_method, dtype=self.dtype,
+          param_dtype=self.param_dtype, name="attention",
+      )(y, grid=grid, deterministic=deterministic)
     x = x + dropout(y)
 
     y = norm("mlp_norm")(x)
@@ -109,8 +151,19 @@ class VisionTransformer(nn.Module):
       takes the attention's default.
     use_cls_token: pool with a learned class token; otherwise mean-pool the
       tokens.
-    position_embedding: `"learned"` (one learned vector per token) or
+    position_embedding: absolute positions added to the tokens: `"learned"`
+      (one learned vector per token), `"sinusoid"` (fixed 2-D sinusoids of
+      the patch grid, `kattn.positional.sinusoid_position_embedding`) or
       `"none"`.
+    relative_position: None, or a mode of `kattn.flax.RelativeSelfAttention`
+      used in every block. With `position_embedding="none"` and mean pooling
+      (`use_cls_token=False`), `"fft_torus"` makes the logits exactly
+      invariant to circular shifts of the image by multiples of
+      `patch_size`; `"constrained_sinusoid"` also takes a class token, with a
+      zero position code.
+    num_scales, position_frequencies, max_period, content_conditional,
+      max_distance, relative_method: options of the relative positions (see
+      `RelativeSelfAttention`).
     dropout_rate: dropout after the embeddings and inside the blocks.
     dtype: computation dtype; logits are always float32.
     param_dtype: dtype of the parameters.
@@ -140,6 +193,13 @@ class VisionTransformer(nn.Module):
   num_random_features: Optional[int] = None
   use_cls_token: bool = True
   position_embedding: str = "learned"
+  relative_position: Optional[str] = None
+  num_scales: int = 4
+  position_frequencies: str = "geometric"
+  max_period: Optional[float] = None
+  content_conditional: bool = False
+  max_distance: int = 4
+  relative_method: str = "auto"
   dropout_rate: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
@@ -176,6 +236,14 @@ class VisionTransformer(nn.Module):
           f" got {self.position_embedding!r}."
       )
     _validation.check_positive_int("depth", self.depth)
+    if self.relative_position is not None:
+      relative_lib.check_relative_position(self.relative_position)
+      if self.use_cls_token and self.relative_position in relative_lib.GRID_ONLY:
+        raise ValueError(
+            f"relative_position={self.relative_position!r} has no position"
+            " for a class token; set use_cls_token=False (mean pooling)."
+        )
+    grid = (height // self.patch_size, width // self.patch_size)
 
     x = nn.Conv(
         self.width, (self.patch_size, self.patch_size),
@@ -183,6 +251,10 @@ class VisionTransformer(nn.Module):
         dtype=self.dtype, param_dtype=self.param_dtype, name="embedding",
     )(images)
     x = x.reshape(batch, -1, self.width)
+    if self.position_embedding == "sinusoid":
+      x = x + absolute.sinusoid_position_embedding(grid, self.width).astype(
+          x.dtype
+      )
     if self.use_cls_token:
       cls = self.param(
           "cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype
@@ -203,8 +275,15 @@ class VisionTransformer(nn.Module):
           attention=self.attention,
           num_random_features=self.num_random_features,
           dropout_rate=self.dropout_rate, dtype=self.dtype,
-          param_dtype=self.param_dtype, name=f"encoderblock_{i}",
-      )(x, deterministic=deterministic)
+          param_dtype=self.param_dtype,
+          relative_position=self.relative_position,
+          num_scales=self.num_scales,
+          position_frequencies=self.position_frequencies,
+          max_period=self.max_period,
+          content_conditional=self.content_conditional,
+          max_distance=self.max_distance,
+          relative_method=self.relative_method, name=f"encoderblock_{i}",
+      )(x, grid=grid, deterministic=deterministic)
     x = nn.LayerNorm(
         dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm"
     )(x)

@@ -10,6 +10,10 @@ on `[*batch, length, heads, dim]` arrays, where `projection` is the
 `[num_random_features, dim]` random projection drawn by the spec's sampler,
 or None for an attention without random features.
 
+Kernel attentions also expose their feature map, so relative-position
+attentions (`kattn.flax.RelativeSelfAttention`) can put a positional factor
+between the features of queries and keys.
+
 Samplers are named too, because the name of the variable that holds a
 projection records its sampler, so that `kattn.flax.redraw` can redraw any
 projection without knowing which module made it.
@@ -18,7 +22,7 @@ projection without knowing which module made it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +34,7 @@ from kattn.features import random
 
 AttentionFn = Callable[..., jax.Array]
 ProjectionSampler = Callable[[jax.Array, int, int], jax.Array]
+FeatureMap = Callable[[jax.Array, Optional[jax.Array]], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +50,11 @@ class AttentionSpec:
     projection_sampler: name of the registered sampler that draws the
       `[m, dim]` projection, or None for an attention without one. Set both
       this and `num_random_features`, or neither.
+    feature_map: for kernel attentions, `feature_map(x, projection)` on
+      `[..., dim]` queries or keys, returning the features (an array or
+      `ScaledFeatures`) whose dot products are the unnormalised attention
+      weights, so that `fn` equals `kattn.feature_map_attention` with them;
+      None for attentions that are not kernelized (softmax).
 
   Examples:
     >>> spec = AttentionSpec("plain", lambda q, k, v, *, projection, causal: v)
@@ -56,12 +66,17 @@ class AttentionSpec:
   fn: AttentionFn
   num_random_features: Optional[int] = None
   projection_sampler: Optional[str] = None
+  feature_map: Optional[FeatureMap] = None
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
       raise ValueError(f"`name` must be a non-empty string; got {self.name!r}.")
     if not callable(self.fn):
       raise ValueError(f"`fn` must be callable; got {self.fn!r}.")
+    if self.feature_map is not None and not callable(self.feature_map):
+      raise ValueError(
+          f"`feature_map` must be callable or None; got {self.feature_map!r}."
+      )
     if (self.num_random_features is None) != (self.projection_sampler is None):
       raise ValueError(
           "`num_random_features` and `projection_sampler` must both be set or"
@@ -198,28 +213,39 @@ def available_attentions() -> list[str]:
 
 def _softmax(q, k, v, *, projection, causal):
   del projection
-  # jax.nn.dot_product_attention takes exactly one batch axis.
+  # jax.nn.dot_product_attention takes exactly one batch axis and equal
+  # query and value widths; zero padding to a common width changes neither
+  # q^T k nor the values, given the scale of the true query width.
   batch_shape = q.shape[:-3]
   flat = lambda x: x.reshape((-1,) + x.shape[-3:])
+  width = max(q.shape[-1], v.shape[-1])
+  pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
   out = jax.nn.dot_product_attention(
-      flat(q), flat(k), flat(v), is_causal=causal
+      pad(flat(q)), pad(flat(k)), pad(flat(v)), scale=q.shape[-1] ** -0.5,
+      is_causal=causal,
   )
+  out = out[..., :v.shape[-1]]
   return out.reshape(batch_shape + out.shape[-3:])
 
 
-def _favor(kernel):
-  def fn(q, k, v, *, projection, causal):
-    return linear.favor_attention(
-        q, k, v, projection=projection, kernel=kernel, causal=causal
-    )
-  return fn
+def _softmax_kernel_features(kernel):
+  def feature_map(x, projection):
+    return linear.favor_feature_map(projection, x.shape[-1], kernel=kernel)(x)
+  return feature_map
 
 
-def _feature_map(feature_map):
-  def fn(q, k, v, *, projection, causal):
+def _deterministic_features(features):
+  def feature_map(x, projection):
     del projection
+    return features(x)
+  return feature_map
+
+
+def _kernel_attention(feature_map):
+  def fn(q, k, v, *, projection, causal):
     return linear.feature_map_attention(
-        q, k, v, feature_map=feature_map, causal=causal
+        q, k, v, feature_map=lambda x: feature_map(x, projection),
+        causal=causal,
     )
   return fn
 
@@ -241,11 +267,26 @@ register_projection_sampler(
 # rows keeps their cost equal to positive FAVOR+ with 256 features.
 for _spec in (
     AttentionSpec("softmax", _softmax),
-    AttentionSpec("favor", _favor("positive"), 256, "orthogonal"),
-    AttentionSpec("favor_hyperbolic", _favor("hyperbolic"), 128, "orthogonal"),
-    AttentionSpec("favor_trig", _favor("trigonometric"), 128, "orthogonal"),
-    AttentionSpec("relu", _feature_map(favor.relu_features)),
-    AttentionSpec("elu", _feature_map(favor.elu_plus_one_features)),
+    *(
+        AttentionSpec(
+            name, _kernel_attention(_softmax_kernel_features(kernel)), m,
+            "orthogonal", _softmax_kernel_features(kernel),
+        )
+        for name, kernel, m in (
+            ("favor", "positive", 256),
+            ("favor_hyperbolic", "hyperbolic", 128),
+            ("favor_trig", "trigonometric", 128),
+        )
+    ),
+    *(
+        AttentionSpec(
+            name, _kernel_attention(_deterministic_features(features)),
+            feature_map=_deterministic_features(features),
+        )
+        for name, features in (
+            ("relu", favor.relu_features), ("elu", favor.elu_plus_one_features)
+        )
+    ),
 ):
   register_attention(_spec)
 del _spec
