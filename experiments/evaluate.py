@@ -17,7 +17,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from kattn import data as data_lib
 from kattn import robustness
 from kattn import train
 
@@ -38,7 +37,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config, model, state = train.restore_for_evaluation(FLAGS.workdir)
   spec = FLAGS.dataset or config.dataset
-  test = data_lib.load(spec, "test")
+  test = train.load_dataset(config, "test", spec)
   report = train.evaluate(model, state, test, config)
   report = {"dataset": spec, "workdir": FLAGS.workdir,
             "step": int(state.step), **report}

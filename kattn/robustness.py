@@ -419,6 +419,7 @@ def robustness_report(
     max_shift: int,
     angles: Iterable[float],
     batch_size: int = 256,
+    shift_axes: Iterable[str] = ("horizontal", "vertical"),
 ) -> dict:
   """Clean accuracy, shift curves along both axes and the rotation curve.
 
@@ -429,6 +430,9 @@ def robustness_report(
     max_shift: largest absolute shift for both shift curves, >= 0.
     angles: rotations in degrees for the rotation curve.
     batch_size: images per `predict` call.
+    shift_axes: the axes to measure shift curves along; an axis left out
+      gets an empty curve (e.g. Horn et al. shift horizontally only, where
+      narrow objects leave wide margins).
 
   Returns:
     `{"accuracy", "num_examples", "shift": {"horizontal": [...],
@@ -448,6 +452,7 @@ def robustness_report(
   images = _check_images(images)
   labels = _check_labels(labels, images)
   angles = _check_angles(angles)
+  shift_axes = [_check_axis(axis) for axis in shift_axes]
   return {
       "accuracy": accuracy(predict, images, labels, batch_size),
       "num_examples": len(labels),
@@ -455,7 +460,7 @@ def robustness_report(
           axis: shift_curve(
               predict, images, labels, max_shift=max_shift, axis=axis,
               batch_size=batch_size,
-          )
+          ) if axis in shift_axes else []
           for axis in ("horizontal", "vertical")
       },
       "rotation": rotation_curve(

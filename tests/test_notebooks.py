@@ -9,6 +9,16 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# What each notebook must print, beyond running without error.
+EXPECTED = {
+    "quickstart.ipynb": ["test accuracy"],
+    "translation_equivariance.ipynb": [
+        "fft_torus: logits invariant under circular shifts",
+        "absolute positions: Not translation invariant",
+        "relative_favor_attention: rolling the grid rolls the output",
+        "fft_torus: test accuracy",
+    ],
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -25,4 +35,5 @@ def test_notebook_runs(path, monkeypatch):
       output.get("text", "") for cell in notebook.cells
       for output in cell.get("outputs", [])
   )
-  assert "test accuracy" in outputs
+  for expected in EXPECTED[path.name]:
+    assert expected in outputs, expected
