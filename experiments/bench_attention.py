@@ -5,6 +5,7 @@ Usage:
   python -m experiments.bench_attention              # lengths 256 ... 65536
   python -m experiments.bench_attention --quick      # lengths 256 and 1024
   python -m experiments.bench_attention --check_only # scan baseline vs kattn
+  python -m experiments.bench_attention --suite relative  # FFT-RPE, 2-D grids
 
 Every (mechanism, mode, length) runs in a fresh subprocess, so each one starts
 from a clean allocator and has its own peak-memory counter: on CPU the peak
@@ -21,6 +22,12 @@ one process, their runs interleaved for `--paired_rounds` rounds, so that a
 slow spell of a shared machine hits both. Achieved
 GFLOP/s use the matmul-only `FLOP_MODEL` and are compared with a measured
 square-matmul ceiling.
+
+The relative suite (`--suite relative`) follows the same conventions for 2-D
+relative position biases on square side x side grids: FFT-RPE
+(`relative_favor_attention`, padded and torus tables) against quadratic
+softmax with the same bias (`relative_softmax_attention`), with time /
+(L log2 L) per grid so that L log L growth can be read off.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import psutil
 import kattn
 from kattn import _memory
 from kattn.attention import linear
+from kattn.positional import toeplitz
 
 MECHANISMS = (
     "softmax", "softmax_cudnn", "favor", "favor_causal", "scan_causal"
@@ -384,19 +392,8 @@ def _inputs(length: int, settings: Settings):
   return jax.block_until_ready((q, k, v, projection))
 
 
-def run_config(
-    mechanism: str, mode: str, length: int, settings: Settings = Settings()
-) -> dict:
-  """Compiles and times one configuration in this process.
-
-  For isolated peak memory call it in a fresh process (`run_isolated`): the
-  peak counters are per process and never go down.
-
-  Args:
-    mechanism: one of `MECHANISMS`.
-    mode: `"fwd"` or `"fwd_bwd"` (gradient of sum(out) w.r.t. q, k, v).
-    length: sequence length L.
-    settings: shapes, dtype and repeats.
+def _measure(fn, args, repeats: int) -> dict:
+  """Compiles the jitted `fn` for `args`, runs it once, then times it.
 
   Returns:
     A result record: times in ms (`min_ms`, `median_ms`, `times_ms`),
@@ -405,19 +402,17 @@ def run_config(
     `increment_mib` = peak - baseline) and, where the device reports them,
     `baseline_device_mib`, `peak_device_mib`, `device_increment_mib`.
   """
-  _check_names(mechanism, mode)
   device = jax.devices()[0]
-  args = _inputs(length, settings)
   baseline_rss = _current_rss_bytes()
   baseline_device = _device_memory(device, "bytes_in_use")
 
   start = time.perf_counter()
-  compiled = _benchmark_fn(mechanism, mode, settings).lower(*args).compile()
+  compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - start
   rss_after_compile = _memory.peak_rss_bytes()
   jax.block_until_ready(compiled(*args))
   times = []
-  for _ in range(settings.repeats):
+  for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
@@ -444,6 +439,51 @@ def run_config(
   return record
 
 
+def run_config(
+    mechanism: str, mode: str, length: int, settings: Settings = Settings()
+) -> dict:
+  """Compiles and times one configuration in this process.
+
+  For isolated peak memory call it in a fresh process (`run_isolated`): the
+  peak counters are per process and never go down.
+
+  Args:
+    mechanism: one of `MECHANISMS`.
+    mode: `"fwd"` or `"fwd_bwd"` (gradient of sum(out) w.r.t. q, k, v).
+    length: sequence length L.
+    settings: shapes, dtype and repeats.
+
+  Returns:
+    A result record; see `_measure`.
+  """
+  _check_names(mechanism, mode)
+  args = _inputs(length, settings)
+  return _measure(
+      _benchmark_fn(mechanism, mode, settings), args, settings.repeats
+  )
+
+
+def _time_interleaved(calls: dict, rounds: int) -> dict:
+  """Times `{name: (jitted fn, args)}` side by side, one run each per round."""
+  compiled = {
+      name: (fn.lower(*args).compile(), args)
+      for name, (fn, args) in calls.items()
+  }
+  for fn, args in compiled.values():
+    jax.block_until_ready(fn(*args))
+  times = {name: [] for name in compiled}
+  for _ in range(rounds):
+    for name, (fn, args) in compiled.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - start)
+  return {
+      "status": "ok",
+      "min_ms": {m: 1e3 * min(t) for m, t in times.items()},
+      "median_ms": {m: 1e3 * statistics.median(t) for m, t in times.items()},
+  }
+
+
 def run_paired(
     mechanisms, mode: str, length: int, settings: Settings = Settings(),
     rounds: int = PAIRED_ROUNDS,
@@ -460,23 +500,9 @@ def run_paired(
   for mechanism in mechanisms:
     _check_names(mechanism, mode)
   args = _inputs(length, settings)
-  compiled = {
-      mechanism: _benchmark_fn(mechanism, mode, settings).lower(*args).compile()
-      for mechanism in mechanisms
-  }
-  for fn in compiled.values():
-    jax.block_until_ready(fn(*args))
-  times = {mechanism: [] for mechanism in mechanisms}
-  for _ in range(rounds):
-    for mechanism, fn in compiled.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[mechanism].append(time.perf_counter() - start)
-  return {
-      "status": "ok",
-      "min_ms": {m: 1e3 * min(t) for m, t in times.items()},
-      "median_ms": {m: 1e3 * statistics.median(t) for m, t in times.items()},
-  }
+  return _time_interleaved(
+      {m: (_benchmark_fn(m, mode, settings), args) for m in mechanisms}, rounds
+  )
 
 
 def matmul_ceiling(dtype: str = "float32", sizes=CEILING_SIZES) -> dict:
@@ -560,6 +586,16 @@ def _run_worker_task(task: dict) -> dict:
           task["mechanisms"], task["mode"], task["length"],
           Settings(**task["settings"]), task["rounds"],
       )
+    if task["kind"] == "relative_config":
+      return run_relative_config(
+          task["mechanism"], task["mode"], task["side"],
+          Settings(**task["settings"]),
+      )
+    if task["kind"] == "relative_paired":
+      return run_relative_paired(
+          task["mechanisms"], task["mode"], task["side"],
+          Settings(**task["settings"]), task["rounds"],
+      )
     return run_config(
         task["mechanism"], task["mode"], task["length"],
         Settings(**task["settings"]),
@@ -592,8 +628,11 @@ def run_isolated(
   record's `status`; this never raises for the subprocess's failures.
 
   Args:
-    task: `{"kind": "probe", "dtype": ...}` or `{"kind": "config",
-      "mechanism", "mode", "length", "settings": dataclasses.asdict(...)}`.
+    task: `{"kind": "probe", "dtype": ...}`, `{"kind": "config",
+      "mechanism", "mode", "length", "settings": dataclasses.asdict(...)}`,
+      `{"kind": "paired", "mechanisms", "mode", "length", "rounds",
+      "settings"}`, or their relative-suite forms `"relative_config"` and
+      `"relative_paired"` with `"side"` in place of `"length"`.
     rss_limit_bytes: kill the subprocess when its resident set exceeds this.
     timeout_s: kill the subprocess after this many seconds.
 
@@ -918,6 +957,354 @@ def run_benchmark(
   return 0
 
 
+# The relative suite: FFT-RPE against quadratic softmax with the same 2-D
+# relative position bias, on square image grids.
+
+RELATIVE_MECHANISMS = ("rpe_padded", "rpe_torus", "softmax_relative")
+# The offset domain of each mechanism's bias table; softmax_relative uses the
+# finite-image table, as a model on images would.
+_RELATIVE_BIAS_MODE = {
+    "rpe_padded": "padded", "rpe_torus": "torus", "softmax_relative": "padded",
+}
+RELATIVE_SIDES = (32, 64, 128, 256)
+QUICK_RELATIVE_SIDES = (16, 32)
+RELATIVE_MODES = ("fwd",)
+RELATIVE_PAIRED_COMPARISONS = (("softmax_relative", "rpe_padded", "fwd"),)
+RELATIVE_PAIRED_SIDES = (64, 128)
+QUICK_RELATIVE_PAIRED_SIDES = (32,)
+RELATIVE_PAIRED_ROUNDS = 3
+RELATIVE_SETTINGS = Settings(heads=2, head_dim=16, num_features=32)
+
+
+def _check_relative_names(mechanism: str, mode: str) -> None:
+  if mechanism not in RELATIVE_MECHANISMS:
+    raise ValueError(
+        f"`mechanism` must be one of {RELATIVE_MECHANISMS}; got {mechanism!r}."
+    )
+  if mode not in MODES:
+    raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+
+
+def estimate_relative_memory_bytes(
+    mechanism: str, mode: str, *, batch: int, heads: int, side: int,
+    head_dim: int, num_features: int, dtype: str = "float32",
+) -> int:
+  """Rough peak memory of one relative-suite configuration.
+
+  With L = side^2 tokens, s the input itemsize and float32 work arrays:
+
+  * inputs and outputs as in `estimate_memory_bytes`;
+  * softmax_relative: 3 * B*h*L^2 * 4 (logits, the gathered bias, weights),
+    3x that for fwd_bwd;
+  * rpe_*: 4 * B*h*m*(d+1) * P*Q * 4, four copies of the correlated field
+    (field, its spectrum, the product, the inverse) on the FFT domain of
+    P*Q = side^2 (torus) or (2 side)^2 (padded); 1.5x that for fwd_bwd
+    (measured peaks hold about 3 and 4.5 copies);
+  * plus the runtime itself (`_RUNTIME_BYTES`).
+
+  Returns:
+    Estimated bytes.
+  """
+  _check_relative_names(mechanism, mode)
+  length = side * side
+  tokens = batch * length * heads
+  io = tokens * head_dim * jnp.dtype(dtype).itemsize * (
+      4 if mode == "fwd" else 7
+  )
+  if mechanism == "softmax_relative":
+    work = 3 * batch * heads * length**2 * 4
+    work *= 1 if mode == "fwd" else 3
+  else:
+    padded = _RELATIVE_BIAS_MODE[mechanism] == "padded"
+    fft_points = length * (4 if padded else 1)
+    work = 4 * batch * heads * num_features * (head_dim + 1) * fft_points * 4
+    work = work if mode == "fwd" else 3 * work // 2
+  return _RUNTIME_BYTES + io + work
+
+
+def _relative_inputs(side: int, settings: Settings):
+  """(q, k, v, projection, {bias mode: log-bias table}), ready on the device."""
+  keys = jax.random.split(jax.random.key(settings.seed), 6)
+  shape = (settings.batch, side * side, settings.heads, settings.head_dim)
+  q, k, v = (jax.random.normal(key, shape, settings.dtype) for key in keys[:3])
+  projection = kattn.orthogonal_random_projection(
+      keys[3], settings.num_features, settings.head_dim
+  )
+  tables = {
+      mode: 0.1 * jax.random.normal(
+          key, (settings.heads,)
+          + toeplitz.relative_bias_shape((side, side), mode=mode),
+      )
+      for mode, key in zip(toeplitz.RELATIVE_BIAS_MODES, keys[4:])
+  }
+  return jax.block_until_ready((q, k, v, projection, tables))
+
+
+def _relative_benchmark_fn(mechanism: str, mode: str, side: int):
+  """Jitted (q, k, v, projection, log_bias) -> out, or its gradients."""
+  grid, bias_mode = (side, side), _RELATIVE_BIAS_MODE[mechanism]
+  if mechanism == "softmax_relative":
+    attend = lambda q, k, v, projection, log_bias: (
+        toeplitz.relative_softmax_attention(
+            q, k, v, log_bias, grid=grid, mode=bias_mode
+        )
+    )
+  else:
+    attend = lambda q, k, v, projection, log_bias: (
+        toeplitz.relative_favor_attention(
+            q, k, v, log_bias, projection=projection, grid=grid,
+            mode=bias_mode, method="fft",
+        )
+    )
+  if mode == "fwd":
+    return jax.jit(attend)
+  loss = lambda *args: jnp.sum(attend(*args), dtype=jnp.float32)
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 4)))
+
+
+def _relative_args(mechanism: str, inputs):
+  q, k, v, projection, tables = inputs
+  return q, k, v, projection, tables[_RELATIVE_BIAS_MODE[mechanism]]
+
+
+def run_relative_config(
+    mechanism: str, mode: str, side: int,
+    settings: Settings = RELATIVE_SETTINGS,
+) -> dict:
+  """Compiles and times one relative-suite configuration in this process.
+
+  Args:
+    mechanism: one of `RELATIVE_MECHANISMS`.
+    mode: `"fwd"` or `"fwd_bwd"` (gradient of sum(out) w.r.t. q, k, v and
+      the log-bias table).
+    side: the grid is side x side tokens.
+    settings: shapes, dtype and repeats.
+
+  Returns:
+    A result record; see `_measure`.
+  """
+  _check_relative_names(mechanism, mode)
+  args = _relative_args(mechanism, _relative_inputs(side, settings))
+  return _measure(
+      _relative_benchmark_fn(mechanism, mode, side), args, settings.repeats
+  )
+
+
+def run_relative_paired(
+    mechanisms, mode: str, side: int, settings: Settings = RELATIVE_SETTINGS,
+    rounds: int = RELATIVE_PAIRED_ROUNDS,
+) -> dict:
+  """Times relative-suite mechanisms side by side; see `run_paired`."""
+  for mechanism in mechanisms:
+    _check_relative_names(mechanism, mode)
+  inputs = _relative_inputs(side, settings)
+  return _time_interleaved(
+      {
+          m: (_relative_benchmark_fn(m, mode, side), _relative_args(m, inputs))
+          for m in mechanisms
+      },
+      rounds,
+  )
+
+
+_RELATIVE_ROW = (
+    "{:<17} {:<8} {:>9} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11}  {}"
+)
+
+
+def _format_relative_row(record: dict, device_memory: bool) -> str:
+  number = lambda x, spec: "-" if x is None else format(x, spec)
+  peak, increment = _memory_columns(record, device_memory)
+  side = record["side"]
+  return _RELATIVE_ROW.format(
+      record["mechanism"], record["mode"], f"{side}x{side}", record["length"],
+      number(record.get("min_ms"), ".2f"),
+      number(record.get("median_ms"), ".2f"),
+      number(record.get("compile_s"), ".2f"),
+      number(peak, ".0f"), number(increment, ".0f"),
+      number(record.get("time_per_l_log_l_vs_smallest"), ".2f"),
+      record["status"],
+  )
+
+
+def relative_ratio_lines(records, device_memory: bool = False) -> list[str]:
+  """softmax_relative / rpe_padded time and memory, from isolated runs."""
+  ok = {
+      (r["mechanism"], r["mode"], r["side"]): r
+      for r in records if r.get("status") == "ok"
+  }
+  ratio = lambda a, b: (
+      "n/a" if a is None or b is None or b <= 0 else f"{a / b:.2f}x"
+  )
+  lines = []
+  for numerator, denominator, mode in RELATIVE_PAIRED_COMPARISONS:
+    for side in sorted({key[2] for key in ok}):
+      a = ok.get((numerator, mode, side))
+      b = ok.get((denominator, mode, side))
+      if a is None or b is None:
+        continue
+      (peak_a, inc_a), (peak_b, inc_b) = (
+          _memory_columns(r, device_memory) for r in (a, b)
+      )
+      lines.append(
+          f"{numerator}/{denominator} {mode} {side}x{side}:"
+          f" time {ratio(a['min_ms'], b['min_ms'])}, peak memory"
+          f" {ratio(peak_a, peak_b)}, memory increment {ratio(inc_a, inc_b)}"
+      )
+  return lines
+
+
+def run_relative_benchmark(
+    settings: Settings = RELATIVE_SETTINGS, *, sides=RELATIVE_SIDES,
+    mechanisms=None, modes=RELATIVE_MODES, out: Optional[str] = None,
+    memory_limit_gib: Optional[float] = None, timeout_s: float = 3600.0,
+    paired_sides=RELATIVE_PAIRED_SIDES,
+    paired_rounds: int = RELATIVE_PAIRED_ROUNDS,
+) -> int:
+  """FFT-RPE vs quadratic relative-bias softmax: isolated runs, then ratios.
+
+  Same conventions as `run_benchmark`: one subprocess per configuration,
+  peak memory, hopeless sizes skipped with their estimate, side-by-side
+  ratios timed in one process, a table and JSON lines. Each row also gives
+  time / (L log2 L) relative to the same mechanism's smallest grid: flat
+  means growth as L log L (the FFT), rising like L / log L means L^2.
+
+  Returns:
+    A process exit code: 0, or 1 if the device probe itself failed.
+  """
+  host_limit = 0.8 * psutil.virtual_memory().total
+  info = run_isolated(
+      {"kind": "probe", "dtype": settings.dtype}, rss_limit_bytes=host_limit,
+      timeout_s=timeout_s,
+  )
+  if info.get("status") != "ok":
+    print(f"device probe failed: {info.get('status')}\n{info.get('error', '')}")
+    return 1
+  backend = info["backend"]
+  device_memory = info["device_memory_bytes"] is not None and backend != "cpu"
+  mechanisms = mechanisms or RELATIVE_MECHANISMS
+  if memory_limit_gib is None:
+    memory_limit_gib = (
+        info["device_memory_bytes"] if device_memory else host_limit
+    ) / _GIB
+  rss_limit = host_limit if device_memory else memory_limit_gib * _GIB
+  out = out or os.path.join("bench_results", f"relative_{backend}.jsonl")
+
+  header = {
+      "kind": "header",
+      "suite": "relative",
+      "device": info["device"],
+      "backend": backend,
+      "jax_version": info["jax_version"],
+      "kattn_version": info["kattn_version"],
+      "settings": dataclasses.asdict(settings),
+      "bias_modes": {m: _RELATIVE_BIAS_MODE[m] for m in mechanisms},
+      "memory_limit_gib": memory_limit_gib,
+      "memory_measure": "device" if device_memory else "rss",
+  }
+  print(f"device: {header['device']}  (jax {header['jax_version']})")
+  print(
+      f"shape: batch {settings.batch}, {settings.heads} heads, head dim"
+      f" {settings.head_dim}, {settings.num_features} FAVOR+ features,"
+      f" {settings.dtype}; square grids, L = side^2; {settings.repeats} timed"
+      " runs; rpe_* = relative_favor_attention (FFT), softmax_relative ="
+      " relative_softmax_attention (quadratic), padded bias unless torus"
+  )
+  print(
+      "memory: "
+      + ("device peak_bytes_in_use" if device_memory else "peak RSS (VmHWM)")
+      + f" of the config's subprocess; limit {memory_limit_gib:.1f} GiB;"
+      " t/(LlgL): time / (L log2 L), relative to the mechanism's smallest grid"
+  )
+  print()
+  print(_RELATIVE_ROW.format(
+      "mechanism", "mode", "grid", "L", "min ms", "median ms", "compile s",
+      "peak MiB", "incr MiB", "t/(LlgL)", "status",
+  ))
+
+  records = [header]
+  shape = dict(
+      batch=settings.batch, heads=settings.heads, head_dim=settings.head_dim,
+      num_features=settings.num_features,
+  )
+  for mechanism in mechanisms:
+    for mode in modes:
+      smallest = None
+      for side in sides:
+        length = side * side
+        estimate = estimate_relative_memory_bytes(
+            mechanism, mode, side=side, dtype=settings.dtype, **shape
+        )
+        record = {
+            "kind": "result", "mechanism": mechanism, "mode": mode,
+            "side": side, "length": length,
+            "bias_mode": _RELATIVE_BIAS_MODE[mechanism],
+            "estimate_gib": estimate / _GIB,
+        }
+        if estimate > memory_limit_gib * _GIB:
+          result = {
+              "status": f"skipped (estimated {estimate / _GIB:.2f} GiB >"
+                        f" limit {memory_limit_gib:.2f} GiB)"
+          }
+        else:
+          result = run_isolated(
+              {
+                  "kind": "relative_config", "mechanism": mechanism,
+                  "mode": mode, "side": side,
+                  "settings": dataclasses.asdict(settings),
+              },
+              rss_limit_bytes=rss_limit, timeout_s=timeout_s,
+          )
+        record.update(result)
+        if record["status"] == "ok":
+          per_l_log_l = record["min_ms"] / (length * math.log2(length))
+          smallest = smallest or per_l_log_l
+          record["time_per_l_log_l_vs_smallest"] = per_l_log_l / smallest
+        records.append(record)
+        print(_format_relative_row(record, device_memory), flush=True)
+        _write_jsonl_atomically(out, records)
+
+  print()
+  for line in relative_ratio_lines(records[1:], device_memory):
+    print(line)
+
+  print(f"\nside by side in one process, {paired_rounds} interleaved rounds:")
+  for numerator, denominator, mode in RELATIVE_PAIRED_COMPARISONS:
+    if not {numerator, denominator} <= set(mechanisms) or mode not in modes:
+      continue
+    for side in paired_sides:
+      result = run_isolated(
+          {
+              "kind": "relative_paired", "mechanisms": [numerator, denominator],
+              "mode": mode, "side": side, "rounds": paired_rounds,
+              "settings": dataclasses.asdict(settings),
+          },
+          rss_limit_bytes=rss_limit, timeout_s=timeout_s,
+      )
+      record = {
+          "kind": "paired", "mechanisms": [numerator, denominator],
+          "mode": mode, "side": side, "length": side * side,
+          "rounds": paired_rounds, **result,
+      }
+      records.append(record)
+      if record["status"] == "ok":
+        a, b = (record["min_ms"][m] for m in (numerator, denominator))
+        line = (
+            f"{numerator}/{denominator} {mode} {side}x{side}: time"
+            f" {a / b:.2f}x (min {a:.1f} ms vs {b:.1f} ms)"
+        )
+      else:
+        line = (
+            f"{numerator}/{denominator} {mode} {side}x{side}:"
+            f" {record['status']}"
+        )
+      print(line, flush=True)
+      _write_jsonl_atomically(out, records)
+
+  print(f"\nwrote {len(records)} JSON lines to {out}")
+  return 0
+
+
 def _define_flags():
   """Flags live here, not at import, so tests can import the module freely."""
   flags.DEFINE_list(
@@ -939,10 +1326,30 @@ def _define_flags():
       "paired_rounds", PAIRED_ROUNDS, "Interleaved rounds of the side-by-side"
       " timings.",
   )
-  flags.DEFINE_bool("quick", False, "Lengths 256 and 1024 only.")
+  flags.DEFINE_bool(
+      "quick", False, "Lengths 256 and 1024 only (relative suite: sides 16"
+      " and 32)."
+  )
+  flags.DEFINE_enum(
+      "suite", "attention", ["attention", "relative"],
+      "attention: softmax vs FAVOR+ vs scan over --lengths. relative: FFT-RPE"
+      " (relative_favor_attention) vs quadratic relative-bias softmax over"
+      f" --sides, with defaults {RELATIVE_SETTINGS.heads} heads, head dim"
+      f" {RELATIVE_SETTINGS.head_dim}, {RELATIVE_SETTINGS.num_features}"
+      f" features, modes {','.join(RELATIVE_MODES)} and"
+      f" {RELATIVE_PAIRED_ROUNDS} paired rounds unless those flags are given.",
+  )
+  flags.DEFINE_list(
+      "sides", [str(n) for n in RELATIVE_SIDES],
+      "Relative suite: square grid sides (L = side^2).",
+  )
+  flags.DEFINE_list(
+      "paired_sides", [str(n) for n in RELATIVE_PAIRED_SIDES],
+      "Relative suite: grid sides of the side-by-side ratio timings.",
+  )
   flags.DEFINE_string(
       "out", None,
-      "JSON-lines path; default bench_results/attention_<backend>.jsonl.",
+      "JSON-lines path; default bench_results/<suite>_<backend>.jsonl.",
   )
   flags.DEFINE_float(
       "memory_limit_gib", None,
@@ -977,6 +1384,45 @@ def _define_flags():
   )
 
 
+def _relative_main(flag_values) -> int:
+  """Runs the relative suite; shape flags not given take its defaults."""
+  for name in flag_values.mechanisms or ():
+    if name not in RELATIVE_MECHANISMS:
+      raise app.UsageError(
+          f"--mechanisms: {name!r} is not one of {RELATIVE_MECHANISMS}"
+      )
+  modes = flag_values.modes if flag_values["modes"].present else RELATIVE_MODES
+  for name in modes:
+    if name not in MODES:
+      raise app.UsageError(f"--modes: {name!r} is not one of {MODES}")
+  if flag_values.repeats < 1:
+    raise app.UsageError(f"--repeats must be >= 1; got {flag_values.repeats}")
+  given = lambda name: flag_values[name].present
+  settings = dataclasses.replace(RELATIVE_SETTINGS, **{
+      name: flag_values[name].value
+      for name in ("batch", "heads", "head_dim", "num_features", "dtype",
+                   "repeats")
+      if given(name)
+  })
+  quick = flag_values.quick
+  return run_relative_benchmark(
+      settings,
+      sides=QUICK_RELATIVE_SIDES if quick else tuple(
+          int(n) for n in flag_values.sides
+      ),
+      mechanisms=flag_values.mechanisms, modes=tuple(modes),
+      out=flag_values.out, memory_limit_gib=flag_values.memory_limit_gib,
+      timeout_s=flag_values.timeout_s,
+      paired_sides=QUICK_RELATIVE_PAIRED_SIDES if quick else tuple(
+          int(n) for n in flag_values.paired_sides
+      ),
+      paired_rounds=(
+          flag_values.paired_rounds if given("paired_rounds")
+          else RELATIVE_PAIRED_ROUNDS
+      ),
+  )
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -994,6 +1440,8 @@ def main(argv) -> None:
     print(f"tolerance {_CHECK_TOLERANCE:.0e}: {verdict}")
     sys.exit(0 if passed else 1)
 
+  if flag_values.suite == "relative":
+    sys.exit(_relative_main(flag_values))
   for name in flag_values.mechanisms or ():
     if name not in MECHANISMS:
       raise app.UsageError(f"--mechanisms: {name!r} is not one of {MECHANISMS}")

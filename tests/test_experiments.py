@@ -102,3 +102,39 @@ def test_isolated_peak_memory_is_the_subprocess_own():
   assert record["status"] == "ok", record
   assert record["peak_rss_mib"] < parent_rss_mib - 512, (record, parent_rss_mib)
   del ballast
+
+
+def test_relative_suite_runs_isolated_and_side_by_side():
+  settings = bench_attention.Settings(
+      heads=1, head_dim=4, num_features=4, repeats=1
+  )
+  record = bench_attention.run_isolated(
+      {
+          "kind": "relative_config", "mechanism": "rpe_padded",
+          "mode": "fwd_bwd", "side": 4,
+          "settings": bench_attention.dataclasses.asdict(settings),
+      },
+      rss_limit_bytes=4 << 30, timeout_s=300,
+  )
+  assert record["status"] == "ok", record
+  assert record["min_ms"] > 0 and record["peak_rss_mib"] > 0
+  paired = bench_attention.run_relative_paired(
+      ["softmax_relative", "rpe_torus"], "fwd", 4, settings, rounds=1
+  )
+  assert paired["status"] == "ok"
+  assert set(paired["min_ms"]) == {"softmax_relative", "rpe_torus"}
+
+
+def test_relative_memory_estimates_scale_quadratically_and_linearly():
+  shape = dict(batch=1, heads=2, head_dim=16, num_features=32)
+
+  def work(mechanism, side):
+    return bench_attention.estimate_relative_memory_bytes(
+        mechanism, "fwd", side=side, **shape) - bench_attention._RUNTIME_BYTES
+
+  assert work("softmax_relative", 128) == pytest.approx(
+      256 * work("softmax_relative", 32), rel=0.05)
+  assert work("rpe_padded", 128) == pytest.approx(
+      16 * work("rpe_padded", 32), rel=0.01)
+  # The finite-image FFT runs on a grid twice as wide and tall.
+  assert work("rpe_padded", 64) > 3 * work("rpe_torus", 64)
