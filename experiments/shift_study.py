@@ -37,7 +37,9 @@ flags.DEFINE_list(
                  "fft_padded"],
     "Position variants of configs/shift_robustness.py.",
 )
-flags.DEFINE_string("size", "", "Size variant: '' (CPU model) or runlocal.")
+flags.DEFINE_string(
+    "size", "", "Size variant: '' (CPU patch model), pixels or runlocal."
+)
 flags.DEFINE_string(
     "output", None, "Folder for study.json/.md/.png; default WORKDIR."
 )
@@ -195,8 +197,10 @@ def main(argv):
       raise app.UsageError(
           f"--{name}: unknown {unknown}; valid: {list(valid)}."
       )
-  if FLAGS.size not in ("", "runlocal"):
-    raise app.UsageError(f"--size must be '' or runlocal; got {FLAGS.size!r}.")
+  if FLAGS.size not in ("", "pixels", "runlocal"):
+    raise app.UsageError(
+        f"--size must be '', pixels or runlocal; got {FLAGS.size!r}."
+    )
   output = FLAGS.output or FLAGS.workdir
   os.makedirs(output, exist_ok=True)
   study = {"max_shift": MAX_SHIFT, "size": FLAGS.size or "cpu", "datasets": {}}

@@ -553,3 +553,22 @@ PADDED = jnp.zeros((2, 5, 7))
 def test_bad_inputs_raise_clear_errors(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+@pytest.mark.parametrize("mode", toeplitz.RELATIVE_BIAS_MODES)
+def test_local_log_bias_is_a_gaussian_window_per_head(mode):
+  grid = (5, 8)
+  bias = np.asarray(toeplitz.local_log_bias(grid, 3, mode=mode))
+  assert bias.shape == (3,) + toeplitz.relative_bias_shape(grid, mode=mode)
+  matrix = np.log(np.asarray(
+      toeplitz.relative_bias_matrix(bias, grid=grid, mode=mode)))
+  widths = np.array([1.0, 2.5, 4.0])  # 1 .. half the longer side
+  for i, j in [(0, 0), (0, 9), (7, 32), (39, 0)]:
+    (ri, ci), (rj, cj) = divmod(i, 8), divmod(j, 8)
+    dr, dc = abs(rj - ri), abs(cj - ci)
+    if mode == "torus":
+      dr, dc = min(dr, 5 - dr), min(dc, 8 - dc)
+    np.testing.assert_allclose(
+        matrix[:, i, j], -(dr**2 + dc**2) / (2 * widths**2), rtol=1e-6)
+  # Wider heads attend farther.
+  assert np.all(np.diff(bias.min(axis=(1, 2))) > 0)

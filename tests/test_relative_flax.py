@@ -245,3 +245,17 @@ def test_fft_and_dense_evaluations_give_the_same_model(mode):
   apply_fft, variables = _jitted_model(relative_position=mode, relative_method="fft")
   apply_dense, _ = _jitted_model(relative_position=mode, relative_method="dense")
   np.testing.assert_allclose(apply_fft(images), apply_dense(images), atol=ATOL)
+
+
+def test_fft_bias_starts_local_or_zero():
+  model = _vit(relative_position="fft_torus")
+  local = model.init(jax.random.key(0), _images(0))["params"]
+  zeros = _vit(relative_position="fft_torus", bias_init="zeros").init(
+      jax.random.key(0), _images(0))["params"]
+  np.testing.assert_allclose(
+      local["encoderblock_0"]["attention"]["log_bias"],
+      toeplitz.local_log_bias(GRID, 2, mode="torus"))
+  assert not np.any(zeros["encoderblock_0"]["attention"]["log_bias"])
+  with pytest.raises(ValueError, match="bias_init"):
+    _vit(relative_position="fft_torus", bias_init="gaussian").init(
+        jax.random.key(0), _images(0))

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("position", sorted(shift_robustness.POSITIONS))
-@pytest.mark.parametrize("size", ["", "runlocal", "reference"])
+@pytest.mark.parametrize("size", ["", "runlocal", "reference", "pixels"])
 def test_every_variant_builds_its_model(position, size):
   config = shift_robustness.get_config(",".join(filter(None, [position, size])))
   embedding, relative, conditional = shift_robustness.POSITIONS[position]
@@ -25,7 +25,7 @@ def test_every_variant_builds_its_model(position, size):
   assert config.model.content_conditional == conditional
   assert config.augment.max_shift == 0  # trained on centred images only
   model = train.create_model(config, num_classes=10)
-  assert model.patch_size == (1 if size == "reference" else 4)
+  assert model.patch_size == (1 if size in ("reference", "pixels") else 4)
 
 
 def test_reference_variant_has_the_papers_dimensions():

@@ -41,7 +41,7 @@ class EncoderBlock(nn.Module):
       (`MultiHeadSelfAttention`), or a mode of
       `kattn.flax.RelativeSelfAttention` (then `grid` must be given).
     num_scales, position_frequencies, max_period, content_conditional,
-      max_distance, relative_method: options of `RelativeSelfAttention`.
+      max_distance, relative_method, bias_init: options of `RelativeSelfAttention`.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -66,6 +66,7 @@ class EncoderBlock(nn.Module):
   content_conditional: bool = False
   max_distance: int = 4
   relative_method: str = "auto"
+  bias_init: str = "local"
 
   @nn.compact
   def __call__(
@@ -120,7 +121,8 @@ class EncoderBlock(nn.Module):
           max_period=self.max_period,
           content_conditional=self.content_conditional,
           max_distance=self.max_distance,
-          relative_method=self.relative_method, dtype=self.dtype,
+          relative_method=self.relative_method, bias_init=self.bias_init,
+          dtype=self.dtype,
           param_dtype=self.param_dtype, name="attention",
       )(y, grid=grid, deterministic=deterministic)
     x = x + dropout(y)
@@ -162,7 +164,7 @@ class VisionTransformer(nn.Module):
       `patch_size`; `"constrained_sinusoid"` also takes a class token, with a
       zero position code.
     num_scales, position_frequencies, max_period, content_conditional,
-      max_distance, relative_method: options of the relative positions (see
+      max_distance, relative_method, bias_init: options of the relative positions (see
       `RelativeSelfAttention`).
     dropout_rate: dropout after the embeddings and inside the blocks.
     dtype: computation dtype; logits are always float32.
@@ -200,6 +202,7 @@ class VisionTransformer(nn.Module):
   content_conditional: bool = False
   max_distance: int = 4
   relative_method: str = "auto"
+  bias_init: str = "local"
   dropout_rate: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
@@ -282,7 +285,8 @@ class VisionTransformer(nn.Module):
           max_period=self.max_period,
           content_conditional=self.content_conditional,
           max_distance=self.max_distance,
-          relative_method=self.relative_method, name=f"encoderblock_{i}",
+          relative_method=self.relative_method, bias_init=self.bias_init,
+          name=f"encoderblock_{i}",
       )(x, grid=grid, deterministic=deterministic)
     x = nn.LayerNorm(
         dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm"

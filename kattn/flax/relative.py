@@ -40,6 +40,7 @@ RELATIVE_POSITIONS = (
     "clipped_torus",
 )
 POSITION_FREQUENCIES = ("geometric", "circular")
+BIAS_INITS = ("local", "zeros")
 # Modes whose every token must sit on the grid: a class token has no place in
 # a Toeplitz bias or a distance table.
 GRID_ONLY = ("fft_torus", "fft_padded", "clipped", "clipped_torus")
@@ -100,6 +101,9 @@ class RelativeSelfAttention(nn.Module):
       from each query token instead of learned per head.
     max_distance: K of the clipped modes: L1 distances 0..K-1 have their
       own embedding, all farther pairs share one.
+    bias_init: the FFT modes' log-bias table at init: `"local"` (Gaussian
+      windows of several widths, `kattn.positional.local_log_bias`) or
+      `"zeros"` (plain linear attention at init).
     relative_method: how the FFT modes evaluate the biased kernel: `"fft"`,
       `"dense"` or `"auto"` (see `kattn.positional.toeplitz_2d_linear_attention`);
       the same function either way.
@@ -137,6 +141,7 @@ class RelativeSelfAttention(nn.Module):
   content_conditional: bool = False
   max_distance: int = 4
   relative_method: str = "auto"
+  bias_init: str = "local"
   qkv_features: Optional[int] = None
   out_features: Optional[int] = None
   dropout_rate: float = 0.0
@@ -214,8 +219,17 @@ class RelativeSelfAttention(nn.Module):
     if mode in ("fft_torus", "fft_padded"):
       k = dense("key", heads)(x)
       fft_mode = mode.removeprefix("fft_")
+      if self.bias_init not in BIAS_INITS:
+        raise ValueError(
+            f"`bias_init` must be one of {list(BIAS_INITS)}; got"
+            f" {self.bias_init!r}."
+        )
       log_bias = self.param(
-          "log_bias", nn.initializers.zeros,
+          "log_bias",
+          lambda key, shape, dtype: (
+              toeplitz.local_log_bias(grid, self.num_heads, mode=fft_mode)
+              if self.bias_init == "local" else jnp.zeros(shape)
+          ).astype(dtype),
           (self.num_heads,) + toeplitz.relative_bias_shape(grid, mode=fft_mode),
           self.param_dtype,
       )

@@ -34,6 +34,7 @@ from kattn.positional.sinusoid import (
 from kattn.positional.toeplitz import (
     RELATIVE_BIAS_MODES,
     dense_relative_kernel_attention,
+    local_log_bias,
     relative_bias_matrix,
     relative_bias_shape,
     relative_favor_attention,

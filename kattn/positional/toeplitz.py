@@ -80,6 +80,42 @@ def relative_bias_shape(grid, *, mode: Mode) -> tuple[int, int]:
   return 2 * height - 1, 2 * width - 1
 
 
+def local_log_bias(grid, num_heads: int, *, mode: Mode) -> jax.Array:
+  """A locality prior for the log-bias table: b_h(delta) = -|delta|^2 / (2 s_h^2).
+
+  Head h attends within a Gaussian window of width s_h, spread evenly from
+  1 token to half the longer grid side, as ConViT's locality initialisation
+  does for positional attention: the heads start out like convolutions of
+  several sizes and can learn to widen or sharpen. On the torus |delta| is
+  the circular distance per axis, so the prior is itself shift-invariant.
+
+  Args:
+    grid: `(height, width)`.
+    num_heads: number of heads.
+    mode: `"torus"` or `"padded"`.
+
+  Returns:
+    `[num_heads, *relative_bias_shape(grid, mode=mode)]` float32 log-biases.
+
+  Examples:
+    >>> b = local_log_bias((4, 4), 2, mode="torus")
+    >>> b.shape, float(b[0, 0, 1]), float(b[0, 0, 3]), float(b[0, 1, 1])
+    ((2, 4, 4), -0.5, -0.5, -1.0)
+  """
+  _validation.check_positive_int("num_heads", num_heads)
+  rows, cols = relative_bias_shape(grid, mode=mode)
+  height, width = grid_lib.check_grid(grid)
+  if mode == "torus":
+    dr, dc = jnp.arange(rows), jnp.arange(cols)
+    dr, dc = jnp.minimum(dr, height - dr), jnp.minimum(dc, width - dc)
+  else:
+    dr, dc = jnp.arange(rows) - (height - 1), jnp.arange(cols) - (width - 1)
+  squared = (dr[:, None] ** 2 + dc[None, :] ** 2).astype(jnp.float32)
+  widest = max(1.0, max(height, width) / 2)
+  widths = jnp.linspace(1.0, widest, num_heads) if num_heads > 1 else jnp.ones(1)
+  return -squared / (2 * widths[:, None, None] ** 2)
+
+
 def _check_log_bias(log_bias, grid, mode, heads: int) -> None:
   _validation.check_floating("log_bias", log_bias)
   expected = (heads,) + relative_bias_shape(grid, mode=mode)
