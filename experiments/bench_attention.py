@@ -805,6 +805,18 @@ def _print_header(header: dict) -> None:
   )
 
 
+def _probe_device(settings, host_limit: float, timeout_s: float):
+  """The device's description from an isolated probe, or None if it failed."""
+  info = run_isolated(
+      {"kind": "probe", "dtype": settings.dtype}, rss_limit_bytes=host_limit,
+      timeout_s=timeout_s,
+  )
+  if info.get("status") != "ok":
+    print(f"device probe failed: {info.get('status')}\n{info.get('error', '')}")
+    return None
+  return info
+
+
 def run_benchmark(
     settings: Settings, *, lengths, mechanisms, modes, out: Optional[str],
     memory_limit_gib: Optional[float], timeout_s: float,
@@ -816,12 +828,8 @@ def run_benchmark(
     A process exit code: 0, or 1 if the device probe itself failed.
   """
   host_limit = 0.8 * psutil.virtual_memory().total
-  info = run_isolated(
-      {"kind": "probe", "dtype": settings.dtype}, rss_limit_bytes=host_limit,
-      timeout_s=timeout_s,
-  )
-  if info.get("status") != "ok":
-    print(f"device probe failed: {info.get('status')}\n{info.get('error', '')}")
+  info = _probe_device(settings, host_limit, timeout_s)
+  if info is None:
     return 1
   backend = info["backend"]
   on_gpu = backend == "gpu"
@@ -1173,12 +1181,8 @@ def run_relative_benchmark(
     A process exit code: 0, or 1 if the device probe itself failed.
   """
   host_limit = 0.8 * psutil.virtual_memory().total
-  info = run_isolated(
-      {"kind": "probe", "dtype": settings.dtype}, rss_limit_bytes=host_limit,
-      timeout_s=timeout_s,
-  )
-  if info.get("status") != "ok":
-    print(f"device probe failed: {info.get('status')}\n{info.get('error', '')}")
+  info = _probe_device(settings, host_limit, timeout_s)
+  if info is None:
     return 1
   backend = info["backend"]
   device_memory = info["device_memory_bytes"] is not None and backend != "cpu"
