@@ -2,7 +2,7 @@
 
 Use them in your own tests: each applies a group element to the input, runs
 the function, and compares with the element applied to the output, reporting
-the worst offending shift and its error when they differ.
+the offending shift or group element and the mismatch when they differ.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import jax
 import numpy as np
 
+from kattn import groups as groups_lib
 from kattn.positional import grid as grid_lib
 
 
@@ -39,19 +40,20 @@ def _roll(x, shift, grid, axis):
   )
 
 
-def _compare(what, shift, got, expected, rtol, atol):
+def _compare(what, under, got, expected, rtol, atol):
+  """`under` names the transformation, e.g. "shift (1, 2)"."""
   got, expected = np.asarray(got), np.asarray(expected)
   if got.shape != expected.shape:
     raise AssertionError(
-        f"Not {what} under shift {shift}: output shapes differ, {got.shape}"
+        f"Not {what} under {under}: output shapes differ, {got.shape}"
         f" vs {expected.shape}."
     )
   if not np.all(np.isfinite(got)) or not np.all(np.isfinite(expected)):
-    raise AssertionError(f"Not {what} under shift {shift}: non-finite output.")
+    raise AssertionError(f"Not {what} under {under}: non-finite output.")
   try:
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
   except AssertionError as e:
-    raise AssertionError(f"Not {what} under shift {shift}:\n{e}") from None
+    raise AssertionError(f"Not {what} under {under}:\n{e}") from None
 
 
 def assert_translation_equivariant(
@@ -98,7 +100,7 @@ def assert_translation_equivariant(
   out = fn(x)
   for shift in shifts:
     _compare(
-        "translation equivariant", shift, fn(_roll(x, shift, grid, axis)),
+        "translation equivariant", f"shift {shift}", fn(_roll(x, shift, grid, axis)),
         _roll(out, shift, grid, output_axis), rtol, atol,
     )
 
@@ -141,6 +143,90 @@ def assert_translation_invariant(
   out = fn(x)
   for shift in shifts:
     _compare(
-        "translation invariant", shift, fn(_roll(x, shift, grid, axis)), out,
+        "translation invariant", f"shift {shift}", fn(_roll(x, shift, grid, axis)), out,
         rtol, atol,
+    )
+
+
+_KINDS = ("image", "regular", "invariant")
+
+
+def _act(x, kind, group, element):
+  """Element `element` on `x` of layout `kind` (see `assert_group_equivariant`)."""
+  if kind == "invariant":
+    return x
+  x = groups_lib.transform_images(x, group, element)
+  if kind == "regular":
+    perm = groups_lib.group_permutation(group, element)
+    x = jax.numpy.take(x, perm, axis=-4)
+  return x
+
+
+def assert_group_equivariant(
+    fn: Callable[[jax.Array], jax.Array],
+    x,
+    group,
+    *,
+    input_kind: str = "image",
+    output_kind: str = "regular",
+    elements: Iterable[int] | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> None:
+  """Asserts fn(g . x) == g . fn(x) for every element g of `group`.
+
+  Layouts ("kinds") and how g acts on them:
+
+  * `"image"`: `[*batch, H, W, C]` square images; g turns/flips the pixels,
+    x(g^-1 p) (`kattn.groups.transform_images`).
+  * `"regular"`: `[*batch, |G|, H, W, C]` group feature maps;
+    F(g^-1 h, g^-1 p), the pixels moved and the group axis permuted.
+  * `"invariant"` (output only): unchanged, e.g. logits.
+
+  Args:
+    fn: the function under test.
+    x: its input, of layout `input_kind`.
+    group: a `kattn.groups.Group` or name (`"p4"`, `"p4m"`, ...).
+    input_kind: `"image"` or `"regular"`.
+    output_kind: `"image"`, `"regular"` or `"invariant"`.
+    elements: which elements to test; default every element that maps
+      pixels to pixels (all of p4 and p4m; the C_4 subgroup of p8, p16).
+    rtol, atol: tolerances of `np.testing.assert_allclose`; the defaults
+      suit float32 computations with O(1) outputs.
+
+  Raises:
+    AssertionError: naming the first element that breaks equivariance,
+      with the mismatch.
+    ValueError: for an unknown group or kind, or an element with no pixel
+      action.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    >>> assert_group_equivariant(lambda t: t ** 2, x, "p4m",
+    ...                          output_kind="image")
+    >>> assert_group_equivariant(lambda t: t.sum((1, 2)), x, "p4m",
+    ...                          output_kind="invariant")
+  """
+  group = groups_lib.as_group(group)
+  if input_kind not in _KINDS[:2]:
+    raise ValueError(
+        f"`input_kind` must be one of {_KINDS[:2]}; got {input_kind!r}."
+    )
+  if output_kind not in _KINDS:
+    raise ValueError(
+        f"`output_kind` must be one of {_KINDS}; got {output_kind!r}."
+    )
+  if elements is None:
+    elements = [e for e in range(group.order) if group.is_exact_on_pixels(e)]
+  out = fn(x)
+  for element in elements:
+    k, s = group.decompose(element)
+    under = (
+        f"element {element} of {group.name} ({90 * k * 4 // group.rotations}"
+        f" degrees{', mirrored' if s else ''})"
+    )
+    _compare(
+        "group equivariant", under, fn(_act(x, input_kind, group, element)),
+        _act(out, output_kind, group, element), rtol, atol,
     )
