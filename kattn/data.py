@@ -9,7 +9,10 @@ small) from one of three sources:
   the full Fashion-MNIST that Debian's `dataset-fashion-mnist` installs at
   `FASHION_MNIST_DIR`;
 * `tfds:NAME`: `tensorflow_datasets` (mnist, fashion_mnist, cifar10), for
-  users with the network.
+  users with the network;
+* `rotated:SPEC`: any of the above, rotMNIST-style: every train and test
+  image cut to its inscribed disc and turned by its own random angle
+  (`rotated_dataset`).
 
 `batches` yields a deterministic order derived from `(seed, epoch)` alone, so a
 resumed run reproduces its data stream, and shards each global batch across
@@ -37,7 +40,10 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 SPLITS = ("train", "test")
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10")
-VALID_SPECS = ("bundled:digits", "idx:DIR", "tfds:NAME")
+VALID_SPECS = ("bundled:digits", "idx:DIR", "tfds:NAME", "rotated:SPEC")
+# Seeds of the random angles of `rotated:SPEC`, one per split, fixed so that a
+# rotated dataset is the same in every run.
+_ROTATION_SEEDS = {"train": 1, "test": 2}
 
 # The bundled file is sorted by label, so it is shuffled once before the fixed
 # split; changing this seed would change which digits are test digits.
@@ -94,7 +100,8 @@ def load(spec: str, split: str) -> Dataset:
 
   Args:
     spec: `"bundled:digits"`, `"idx:DIR"` (a folder of MNIST-format IDX files,
-      optionally gzipped) or `"tfds:NAME"` with NAME in `TFDS_NAMES`.
+      optionally gzipped), `"tfds:NAME"` with NAME in `TFDS_NAMES`, or
+      `"rotated:SPEC"`, SPEC one of these (see `rotated_dataset`).
     split: `"train"` or `"test"`.
 
   Returns:
@@ -123,9 +130,70 @@ def load(spec: str, split: str) -> Dataset:
   if scheme == "tfds" and arg in TFDS_NAMES:
     images, labels, num_classes = _load_tfds(arg, split)
     return Dataset(images, labels, num_classes, name)
+  if scheme == "rotated" and arg and not arg.startswith("rotated:"):
+    return rotated_dataset(load(arg, split), seed=_ROTATION_SEEDS[split])
   raise ValueError(
       f"`spec` must be one of {VALID_SPECS} with NAME in {TFDS_NAMES}; got"
       f" {spec!r}."
+  )
+
+
+def disc_mask(height: int, width: int) -> np.ndarray:
+  """`[H, W]` bool: pixels within (min(H, W) - 1) / 2 of the image centre.
+
+  Turning an image that is zero outside this disc about the centre crops
+  nothing: every pixel of the disc lands inside the image.
+
+  Examples:
+    >>> disc_mask(5, 5).astype(int)
+    array([[0, 0, 1, 0, 0],
+           [0, 1, 1, 1, 0],
+           [1, 1, 1, 1, 1],
+           [0, 1, 1, 1, 0],
+           [0, 0, 1, 0, 0]])
+  """
+  radius = (min(height, width) - 1) / 2
+  rows, cols = np.meshgrid(
+      np.arange(height) - (height - 1) / 2, np.arange(width) - (width - 1) / 2,
+      indexing="ij",
+  )
+  return rows**2 + cols**2 <= radius**2 + 1e-9
+
+
+def rotated_dataset(dataset: Dataset, *, seed: int) -> Dataset:
+  """rotMNIST-style copy of `dataset`: disc-cut, each image at a random angle.
+
+  Every image is zeroed outside its inscribed disc (`disc_mask`), so that no
+  rotation crops it, then turned about its centre by an angle uniform in
+  [0, 360) degrees drawn from `seed`, with bilinear interpolation (`rotate`).
+  As in rotated MNIST, train and test images are both rotated; a model then
+  has to classify digits in every orientation.
+
+  Args:
+    dataset: the source split.
+    seed: seed of the angles; `load("rotated:SPEC", split)` uses a fixed
+      seed per split.
+
+  Returns:
+    A new `Dataset` named `"rotated:" + dataset.name`, read-only arrays.
+
+  Examples:
+    >>> import numpy as np
+    >>> ds = Dataset(np.ones((2, 5, 5, 1), np.float32), np.zeros(2, np.int32),
+    ...              num_classes=1, name="ones/test")
+    >>> out = rotated_dataset(ds, seed=0)
+    >>> out.name, out.images.shape
+    ('rotated:ones/test', (2, 5, 5, 1))
+  """
+  height, width = dataset.images.shape[1:3]
+  angles = np.random.default_rng(seed).uniform(0.0, 360.0, len(dataset))
+  cut = dataset.images * disc_mask(height, width)[:, :, None]
+  # Bilinear weights can overshoot 1 by a rounding error; keep [0, 1].
+  turned = np.clip(rotate(cut.astype(np.float32), angles), 0.0, 1.0)
+  return Dataset(
+      _read_only(turned),
+      _read_only(dataset.labels.copy()), dataset.num_classes,
+      f"rotated:{dataset.name}",
   )
 
 

@@ -91,7 +91,8 @@ def test_digits_deterministic_cached_and_read_only():
 
 @pytest.mark.parametrize(
     "spec",
-    ["bundled:mnist", "digits", "idx:", "http:x", "", "tfds:imagenet2012"],
+    ["bundled:mnist", "digits", "idx:", "http:x", "", "tfds:imagenet2012",
+     "rotated:", "rotated:rotated:bundled:digits", "rotated:digits"],
 )
 def test_unknown_spec_lists_valid_ones(spec):
   message = r"`spec`.*bundled:digits.*fashion_mnist"
@@ -103,6 +104,35 @@ def test_unknown_spec_lists_valid_ones(spec):
 def test_unknown_split(split):
   with pytest.raises(ValueError, match=r"`split`.*'train', 'test'"):
     data.load("bundled:digits", split)
+
+
+@pytest.mark.parametrize("split", data.SPLITS)
+def test_rotated_digits_are_each_digit_turned_inside_its_disc(split):
+  source = data.load("bundled:digits", split)
+  rotated = data.load("rotated:bundled:digits", split)
+  assert rotated.name == f"rotated:bundled:digits/{split}"
+  assert rotated.images.shape == source.images.shape
+  assert rotated.images.dtype == np.float32
+  assert not rotated.images.flags.writeable
+  np.testing.assert_array_equal(rotated.labels, source.labels)
+  assert 0.0 <= rotated.images.min() and rotated.images.max() <= 1.0
+  # Fixed angles: the same every load; different angles per image.
+  np.testing.assert_array_equal(
+      rotated.images, data.load("rotated:bundled:digits", split).images
+  )
+  # Each image is its disc-cut source turned by some angle: turning it back
+  # by the seeded angle recovers the source up to two bilinear resamplings,
+  # and the ink is kept (nothing is cropped).
+  angles = np.random.default_rng(data._ROTATION_SEEDS[split]).uniform(
+      0.0, 360.0, len(source))
+  cut = source.images * data.disc_mask(28, 28)[:, :, None]
+  back = data.rotate(rotated.images[:50].copy(), -angles[:50])
+  blur = lambda x: data.rotate(data.rotate(x, angles[:50]), -angles[:50])
+  np.testing.assert_allclose(back, blur(cut[:50]), atol=1e-5)
+  np.testing.assert_allclose(
+      rotated.images.sum((1, 2, 3)), cut.sum((1, 2, 3)), rtol=0.05
+  )
+  assert np.std(angles) > 90  # Spread over the circle, not a constant.
 
 
 def test_dataset_rejects_mismatched_arrays():
