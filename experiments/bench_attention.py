@@ -619,7 +619,7 @@ def _module_root() -> str:
 
 def run_isolated(
     task: dict, *, rss_limit_bytes: Optional[int] = None,
-    timeout_s: float = 3600.0,
+    timeout_s: float = 3600.0, command: Optional[list] = None,
 ) -> dict:
   """Runs a worker task in a fresh interpreter and returns its record.
 
@@ -635,11 +635,13 @@ def run_isolated(
       `"relative_paired"` with `"side"` in place of `"length"`.
     rss_limit_bytes: kill the subprocess when its resident set exceeds this.
     timeout_s: kill the subprocess after this many seconds.
+    command: the worker's command line, for another benchmark module that
+      prints its record after `_RESULT_MARKER`; default this module.
 
   Returns:
     The worker's record, or `{"status": ..., "error": ...}` on failure.
   """
-  command = [
+  command = command or [
       sys.executable, "-m", "experiments.bench_attention",
       "--_worker=" + json.dumps(task),
   ]

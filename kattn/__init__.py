@@ -7,6 +7,10 @@ explicit `jax.random` keys.
 from kattn.attention import (
     favor_attention,
     feature_map_attention,
+    group_favor_attention,
+    group_lifting_favor_attention,
+    group_self_attention,
+    lifting_self_attention,
     linear_attention,
     quadratic_kernel_attention,
     softmax_attention,
@@ -28,6 +32,7 @@ from kattn.features import (
 )
 
 from kattn import flax
+from kattn import groups
 from kattn import positional
 from kattn import testing
 

@@ -79,9 +79,15 @@ def load_dataset(
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The `VisionTransformer` of `config.model`; unknown names fail early."""
-  registry.get_attention(config.model.attention)
-  return models.VisionTransformer(num_classes=num_classes, **config.model)
+  """The model `config.model.name` (default `"vit"`) with the other fields.
+
+  Unknown model and attention names fail here, before any data is read.
+  """
+  fields = dict(config.model)
+  model = registry.get_model(fields.pop("name", "vit"))
+  if model is models.VisionTransformer:
+    registry.get_attention(fields["attention"])
+  return model(num_classes=num_classes, **fields)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, total_steps: int):

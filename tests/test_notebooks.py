@@ -18,6 +18,14 @@ EXPECTED = {
         "relative_favor_attention: rolling the grid rolls the output",
         "fft_torus: test accuracy",
     ],
+    "group_equivariance.ipynb": [
+        "lifting + group layer: p4m-equivariant for every element",
+        "g^-1 m index: equivariant",
+        "(m - g + v) index: Not group equivariant",
+        "linear lifting + group layer: p4-equivariant",
+        "p4: test accuracy",
+        "spread over quarter turns 0.0000",
+    ],
 }
 
 

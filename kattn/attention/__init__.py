@@ -1,5 +1,20 @@
-"""Attention cores on `[*batch, length, heads, dim]`."""
+"""Attention cores on `[*batch, length, heads, dim]` (group feature maps:
+`[*batch, order, length, heads, dim]`)."""
 
+from kattn.attention.group import (
+    group_self_attention,
+    lifting_self_attention,
+    relative_group_index,
+    window_offsets,
+)
+from kattn.attention.group_linear import (
+    dense_group_kernel_attention,
+    group_favor_attention,
+    group_feature_map_attention,
+    group_lifting_favor_attention,
+    group_lifting_feature_map_attention,
+    turned_log_bias,
+)
 from kattn.attention.linear import (
     SOFTMAX_KERNELS,
     favor_attention,

@@ -4,6 +4,19 @@ from kattn.flax.attention import (
     MultiHeadSelfAttention,
     redraw,
 )
+from kattn.flax.group import (
+    GroupSelfAttention,
+    LiftingSelfAttention,
+    RelativePositionEncoder,
+)
+from kattn.flax.group_linear import (
+    GroupLinearAttention,
+    LiftingLinearAttention,
+)
+from kattn.flax.gsa_net import (
+    GroupAttentionBlock,
+    GSANet,
+)
 from kattn.flax.models import (
     EncoderBlock,
     VisionTransformer,
@@ -15,9 +28,12 @@ from kattn.flax.relative import (
 from kattn.flax.registry import (
     AttentionSpec,
     available_attentions,
+    available_models,
     available_projection_samplers,
     get_attention,
+    get_model,
     get_projection_sampler,
     register_attention,
+    register_model,
     register_projection_sampler,
 )

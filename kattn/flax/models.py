@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from kattn import _validation
 from kattn.flax import attention as attention_lib
+from kattn.flax import registry
 from kattn.flax import relative as relative_lib
 from kattn.positional import absolute
 
@@ -298,3 +299,6 @@ class VisionTransformer(nn.Module):
         name="head",
     )(x)
     return logits.astype(jnp.float32)
+
+
+registry.register_model("vit", VisionTransformer)

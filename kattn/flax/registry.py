@@ -14,6 +14,9 @@ Kernel attentions also expose their feature map, so relative-position
 attentions (`kattn.flax.RelativeSelfAttention`) can put a positional factor
 between the features of queries and keys.
 
+Models are named as well (`register_model`), so an experiment config picks
+its architecture with `config.model.name`.
+
 Samplers are named too, because the name of the variable that holds a
 projection records its sampler, so that `kattn.flax.redraw` can redraw any
 projection without knowing which module made it.
@@ -209,6 +212,54 @@ def available_attentions() -> list[str]:
     True
   """
   return sorted(_ATTENTIONS)
+
+
+_MODELS: dict[str, Callable[..., Any]] = {}
+
+
+def register_model(
+    name: str, constructor: Callable[..., Any], *, overwrite: bool = False
+) -> None:
+  """Makes a model class available to `kattn.train` as `config.model.name`.
+
+  Args:
+    name: the name configs use.
+    constructor: called with `num_classes=` and the other `config.model`
+      fields as keywords; returns a Linen module mapping `[batch, H, W, C]`
+      images to `[batch, num_classes]` logits, with a `deterministic=`
+      keyword.
+    overwrite: replace an existing model of the same name instead of raising.
+
+  Examples:
+    >>> "gsa_net" in available_models()
+    True
+  """
+  if name in _MODELS and not overwrite:
+    raise ValueError(
+        f"A model named {name!r} is already registered; pass overwrite=True"
+        " to replace it."
+    )
+  _MODELS[name] = constructor
+
+
+def get_model(name: str) -> Callable[..., Any]:
+  """The model class registered as `name`.
+
+  Examples:
+    >>> get_model("vit").__name__
+    'VisionTransformer'
+  """
+  if name not in _MODELS:
+    raise ValueError(
+        f"Unknown model `name` {name!r}; registered models:"
+        f" {available_models()}."
+    )
+  return _MODELS[name]
+
+
+def available_models() -> list[str]:
+  """Names of the registered models, sorted."""
+  return sorted(_MODELS)
 
 
 def _softmax(q, k, v, *, projection, causal):

@@ -205,6 +205,22 @@ def _circular_bias(log_bias, grid, mode):
   return jnp.roll(bias, (1 - height, 1 - width), axis=(-2, -1))
 
 
+def _correlate(field, bias):
+  """G(p) = sum_t c(t) F(p + t) over the last two (image) axes, by FFT.
+
+  field `[..., height, width]`; bias `[..., P, Q]` from `_circular_bias`,
+  broadcastable against the field's leading axes. Returns `[..., height,
+  width]` with the broadcast leading axes.
+  """
+  height, width = field.shape[-2:]
+  size = bias.shape[-2:]
+  # Cross-correlation: spectrum conj(C) * F.
+  bias_spectrum = jnp.conj(jnp.fft.rfft2(bias))
+  return jnp.fft.irfft2(
+      jnp.fft.rfft2(field, s=size) * bias_spectrum, s=size
+  )[..., :height, :width]
+
+
 def _correlate_and_read(q_features, k_features, rows, log_bias, grid, mode):
   """phi(q_i)^T sum_j c(p_j - p_i) phi(k_j) rows_j^T over its last column.
 
@@ -218,12 +234,7 @@ def _correlate_and_read(q_features, k_features, rows, log_bias, grid, mode):
   q_features, k_features, rows = map(image, (q_features, k_features, rows))
   field = jnp.einsum("...xyhm,...xyhe->...hmexy", k_features, rows)
   bias = _circular_bias(log_bias.astype(field.dtype), grid, mode)
-  size = bias.shape[-2:]
-  # Cross-correlation: G(p) = sum_t c(t) F(p + t), spectrum conj(C) * F.
-  bias_spectrum = jnp.conj(jnp.fft.rfft2(bias))[:, None, None]
-  correlated = jnp.fft.irfft2(
-      jnp.fft.rfft2(field, s=size) * bias_spectrum, s=size
-  )[..., :height, :width]
+  correlated = _correlate(field, bias[:, None, None])
   out = jnp.einsum("...xyhm,...hmexy->...xyhe", q_features, correlated)
   out = linear._normalise(out)  # pylint: disable=protected-access
   return out.reshape(out.shape[:-4] + (height * width,) + out.shape[-2:])
