@@ -144,16 +144,21 @@ def run_config(layer: str, mode: str, side: int,
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("sides", [str(s) for s in SIDES], "Image sides (L = side^2).")
-flags.DEFINE_list("layers", list(LAYERS), "Layer forms to run.")
-flags.DEFINE_list("modes", ["fwd"], "fwd and/or fwd_bwd.")
-flags.DEFINE_string("group", "p4", "Group name.")
-flags.DEFINE_string("out", None, "JSON-lines output; default"
-                    " experiments/results/bench_group_<backend>.jsonl.")
-flags.DEFINE_float("memory_fraction", 0.6,
-                   "Skip configurations estimated above this fraction of the"
-                   " available host memory.")
-flags.DEFINE_string("_worker", None, "Internal: run one task and print it.")
+
+
+def _define_flags():
+  """Flags of the command line; defined at run time so that importing this
+  module beside another benchmark does not define them twice."""
+  flags.DEFINE_list("sides", [str(s) for s in SIDES], "Image sides (L = side^2).")
+  flags.DEFINE_list("layers", list(LAYERS), "Layer forms to run.")
+  flags.DEFINE_list("modes", ["fwd"], "fwd and/or fwd_bwd.")
+  flags.DEFINE_string("group", "p4", "Group name.")
+  flags.DEFINE_string("out", None, "JSON-lines output; default"
+                      " experiments/results/bench_group_<backend>.jsonl.")
+  flags.DEFINE_float("memory_fraction", 0.6,
+                     "Skip configurations estimated above this fraction of the"
+                     " available host memory.")
+  flags.DEFINE_string("_worker", None, "Internal: run one task and print it.")
 
 
 def main(argv):
@@ -215,4 +220,5 @@ def _run_isolated(task: dict, limit: float) -> dict:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -14,7 +14,6 @@ curves (study.png). Fashion-MNIST is skipped, with a message, where Debian's
 `dataset-fashion-mnist` is not installed.
 """
 
-import json
 import os
 import time
 
@@ -24,21 +23,27 @@ from absl import logging
 import jax
 import numpy as np
 
+from experiments import studies
 from experiments.configs import rotation
-from kattn import data as data_lib
 from kattn import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Root folder of the runs.")
-flags.DEFINE_list("datasets", ["digits", "fashion"], "Datasets to run.")
-flags.DEFINE_list(
-    "models", ["z2", "p4", "p4_linear"], "Models of configs/rotation.py."
-)
-flags.DEFINE_string("size", "", "Size variant: '' (CPU net) or runlocal.")
-flags.DEFINE_string(
-    "output", None, "Folder for study.json/.md/.png; default WORKDIR."
-)
-flags.mark_flags_as_required(["workdir"])
+
+
+def _define_flags():
+  """Flags of the command line; defined at run time so that importing this
+  module beside another study does not define them twice."""
+  flags.DEFINE_string("workdir", None, "Root folder of the runs.")
+  flags.DEFINE_list("datasets", ["digits", "fashion"], "Datasets to run.")
+  flags.DEFINE_list(
+      "models", ["z2", "p4", "p4_linear"], "Models of configs/rotation.py."
+  )
+  flags.DEFINE_string("size", "", "Size variant: '' (CPU net) or runlocal.")
+  flags.DEFINE_string(
+      "output", None, "Folder for study.json/.md/.png; default WORKDIR."
+  )
+  flags.mark_flags_as_required(["workdir"])
+
 
 QUARTER_TURNS = (0, 90, 180, 270)
 # Published rotMNIST test accuracy (%) of GSA-Nets, as quoted by third
@@ -61,14 +66,7 @@ LABELS = {
 def run_one(dataset: str, model: str, size: str, workdir: str) -> dict:
   """Trains (or finds) one run; its accuracy, curve and parameter count."""
   config = rotation.get_config(",".join(a for a in (model, dataset, size) if a))
-  results_path = os.path.join(workdir, "results.json")
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
-    print(f"[{dataset}/{model}] found finished run in {workdir}", flush=True)
-  else:
-    print(f"[{dataset}/{model}] training in {workdir}", flush=True)
-    results = train.train_and_evaluate(config, workdir)
+  results = studies.train_or_find(config, workdir, f"{dataset}/{model}")
   _, _, state = train.restore_for_evaluation(workdir)
   curve = results["rotation"]
   quarter = [p["accuracy"] for p in curve if p["angle"] in QUARTER_TURNS]
@@ -151,40 +149,25 @@ def plot(study: dict, path: str) -> None:
     ax.grid(alpha=0.3)
   axes[0][-1].legend(fontsize=8, loc="lower center")
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  studies.save_figure(fig, path)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  for name, values, valid in (
-      ("datasets", FLAGS.datasets, rotation.DATASETS),
-      ("models", FLAGS.models, rotation.MODELS),
-  ):
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-      raise app.UsageError(
-          f"--{name}: unknown {unknown}; valid: {list(valid)}."
-      )
-  if FLAGS.size not in ("", "runlocal"):
-    raise app.UsageError(
-        f"--size must be '' or runlocal; got {FLAGS.size!r}."
-    )
+  studies.check_flags(
+      {"datasets": (FLAGS.datasets, rotation.DATASETS),
+       "models": (FLAGS.models, rotation.MODELS)},
+      FLAGS.size, ("", "runlocal"),
+  )
   output = FLAGS.output or FLAGS.workdir
   os.makedirs(output, exist_ok=True)
   study = {"size": FLAGS.size or "cpu", "datasets": {}}
   start = time.perf_counter()
   for dataset in FLAGS.datasets:
     study["datasets"][dataset] = {}
-    if dataset == "fashion" and data_lib.fashion_mnist_dir() is None:
-      print(
-          "fashion: skipped, Fashion-MNIST is not installed (apt-get install"
-          f" dataset-fashion-mnist provides {data_lib.FASHION_MNIST_DIR})."
-      )
+    if not studies.dataset_available(dataset):
       continue
     for model in FLAGS.models:
       study["datasets"][dataset][model] = run_one(
@@ -192,17 +175,9 @@ def main(argv):
           os.path.join(FLAGS.workdir, dataset, model),
       )
       train.write_json_atomically(os.path.join(output, "study.json"), study)
-  table = format_table(study)
-  with open(os.path.join(output, "study.md.tmp"), "w") as f:
-    f.write(table)
-  os.replace(
-      os.path.join(output, "study.md.tmp"), os.path.join(output, "study.md")
-  )
-  plot(study, os.path.join(output, "study.png"))
-  print(table)
-  print(f"wrote {output}/study.json, study.md, study.png"
-        f" in {time.perf_counter() - start:.0f} s")
+  studies.write_outputs(output, study, format_table(study), plot, start)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -15,35 +15,39 @@ plot of the curves (study.png). Fashion-MNIST is skipped, with a message,
 where Debian's `dataset-fashion-mnist` is not installed.
 """
 
-import json
 import os
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 
+from experiments import studies
 from experiments.configs import shift_robustness
-from kattn import data as data_lib
 from kattn import robustness
 from kattn import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Root folder of the runs.")
-flags.DEFINE_list("datasets", ["digits", "fashion"], "Datasets to run.")
-flags.DEFINE_list(
-    "variants", ["nopos", "absolute", "strategy1", "strategy2", "fft_torus",
-                 "fft_padded"],
-    "Position variants of configs/shift_robustness.py.",
-)
-flags.DEFINE_string(
-    "size", "", "Size variant: '' (CPU patch model), pixels or runlocal."
-)
-flags.DEFINE_string(
-    "output", None, "Folder for study.json/.md/.png; default WORKDIR."
-)
-flags.mark_flags_as_required(["workdir"])
+
+
+def _define_flags():
+  """Flags of the command line; defined at run time so that importing this
+  module beside another study does not define them twice."""
+  flags.DEFINE_string("workdir", None, "Root folder of the runs.")
+  flags.DEFINE_list("datasets", ["digits", "fashion"], "Datasets to run.")
+  flags.DEFINE_list(
+      "variants", ["nopos", "absolute", "strategy1", "strategy2", "fft_torus",
+                   "fft_padded"],
+      "Position variants of configs/shift_robustness.py.",
+  )
+  flags.DEFINE_string(
+      "size", "", "Size variant: '' (CPU patch model), pixels or runlocal."
+  )
+  flags.DEFINE_string(
+      "output", None, "Folder for study.json/.md/.png; default WORKDIR."
+  )
+  flags.mark_flags_as_required(["workdir"])
+
 
 MAX_SHIFT = 8
 # Horn et al. 2021, shift robustness on the class-1 test subset (accuracy %,
@@ -80,14 +84,7 @@ def _config_arg(dataset, variant, size):
 def run_one(dataset: str, variant: str, size: str, workdir: str) -> dict:
   """Trains (or finds) one run and measures its shift curves."""
   config = shift_robustness.get_config(_config_arg(dataset, variant, size))
-  results_path = os.path.join(workdir, "results.json")
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
-    print(f"[{dataset}/{variant}] found finished run in {workdir}", flush=True)
-  else:
-    print(f"[{dataset}/{variant}] training in {workdir}", flush=True)
-    results = train.train_and_evaluate(config, workdir)
+  results = studies.train_or_find(config, workdir, f"{dataset}/{variant}")
   config, model, state = train.restore_for_evaluation(workdir)
   test = train.load_dataset(config, "test")
   predict = train.make_predict(model, state)
@@ -178,40 +175,25 @@ def plot(study: dict, path: str) -> None:
     ax.grid(alpha=0.3)
   axes[0][-1].legend(fontsize=8, loc="lower center")
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  studies.save_figure(fig, path)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  for name, values, valid in (
-      ("datasets", FLAGS.datasets, shift_robustness.DATASETS),
-      ("variants", FLAGS.variants, shift_robustness.POSITIONS),
-  ):
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-      raise app.UsageError(
-          f"--{name}: unknown {unknown}; valid: {list(valid)}."
-      )
-  if FLAGS.size not in ("", "pixels", "runlocal"):
-    raise app.UsageError(
-        f"--size must be '', pixels or runlocal; got {FLAGS.size!r}."
-    )
+  studies.check_flags(
+      {"datasets": (FLAGS.datasets, shift_robustness.DATASETS),
+       "variants": (FLAGS.variants, shift_robustness.POSITIONS)},
+      FLAGS.size, ("", "pixels", "runlocal"),
+  )
   output = FLAGS.output or FLAGS.workdir
   os.makedirs(output, exist_ok=True)
   study = {"max_shift": MAX_SHIFT, "size": FLAGS.size or "cpu", "datasets": {}}
   start = time.perf_counter()
   for dataset in FLAGS.datasets:
     study["datasets"][dataset] = {}
-    if dataset == "fashion" and data_lib.fashion_mnist_dir() is None:
-      print(
-          "fashion: skipped, Fashion-MNIST is not installed (apt-get install"
-          f" dataset-fashion-mnist provides {data_lib.FASHION_MNIST_DIR})."
-      )
+    if not studies.dataset_available(dataset):
       continue
     for variant in FLAGS.variants:
       run = run_one(
@@ -220,17 +202,9 @@ def main(argv):
       )
       study["datasets"][dataset][variant] = run
       train.write_json_atomically(os.path.join(output, "study.json"), study)
-  table = format_table(study)
-  with open(os.path.join(output, "study.md.tmp"), "w") as f:
-    f.write(table)
-  os.replace(
-      os.path.join(output, "study.md.tmp"), os.path.join(output, "study.md")
-  )
-  plot(study, os.path.join(output, "study.png"))
-  print(table)
-  print(f"wrote {output}/study.json, study.md, study.png"
-        f" in {time.perf_counter() - start:.0f} s")
+  studies.write_outputs(output, study, format_table(study), plot, start)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -1,0 +1,85 @@
+"""What the studies (`shift_study`, `rotation_study`) share: resumable runs,
+flag checks, and the atomic writing of their table, JSON and plot."""
+
+import json
+import os
+import time
+from typing import Callable
+
+from absl import app
+import ml_collections
+
+from kattn import data as data_lib
+from kattn import train
+
+
+def train_or_find(
+    config: ml_collections.ConfigDict, workdir: str, tag: str
+) -> dict:
+  """`results.json` of a finished run in `workdir`, or trains (resuming) it."""
+  results_path = os.path.join(workdir, "results.json")
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+    print(f"[{tag}] found finished run in {workdir}", flush=True)
+    return results
+  print(f"[{tag}] training in {workdir}", flush=True)
+  return train.train_and_evaluate(config, workdir)
+
+
+def check_flags(lists: dict, size: str, sizes) -> None:
+  """UsageError for unknown names in list flags, or an unknown `--size`.
+
+  Args:
+    lists: `{flag name: (given names, valid names)}`.
+    size: the value of `--size`.
+    sizes: its valid values.
+  """
+  for name, (values, valid) in lists.items():
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+      raise app.UsageError(
+          f"--{name}: unknown {unknown}; valid: {list(valid)}."
+      )
+  if size not in sizes:
+    raise app.UsageError(
+        f"--size must be one of {list(sizes)}; got {size!r}."
+    )
+
+
+def dataset_available(dataset: str) -> bool:
+  """False, with a message, for Fashion-MNIST where it is not installed."""
+  if dataset == "fashion" and data_lib.fashion_mnist_dir() is None:
+    print(
+        "fashion: skipped, Fashion-MNIST is not installed (apt-get install"
+        f" dataset-fashion-mnist provides {data_lib.FASHION_MNIST_DIR})."
+    )
+    return False
+  return True
+
+
+def save_figure(fig, path: str) -> None:
+  """Writes `fig` beside `path`, then renames: never a half-written plot."""
+  import matplotlib.pyplot as plt
+
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def write_outputs(
+    output: str, study: dict, table: str, plot: Callable[[dict, str], None],
+    start: float,
+) -> None:
+  """study.json, study.md and study.png in `output`, each atomically."""
+  train.write_json_atomically(os.path.join(output, "study.json"), study)
+  with open(os.path.join(output, "study.md.tmp"), "w") as f:
+    f.write(table)
+  os.replace(
+      os.path.join(output, "study.md.tmp"), os.path.join(output, "study.md")
+  )
+  plot(study, os.path.join(output, "study.png"))
+  print(table)
+  print(f"wrote {output}/study.json, study.md, study.png"
+        f" in {time.perf_counter() - start:.0f} s")
