@@ -11,8 +11,8 @@ p4) in three forms, each in a fresh process for its peak memory:
 * `global`: the same layer over every pixel (`window=None`): O(|G|^3 L^2),
   the quadratic baseline.
 * `linear`: the group-equivariant FAVOR+ attention
-  (`kattn.attention.group_linear.group_favor_attention`): O(|G| L log L m d +
-  |G|^2 L m d) time, O(|G| L m d) memory.
+  (`kattn.attention.group_linear.group_favor_attention`, its FFT path): O(|G|
+  L log L m d + |G|^2 L m d) time, O(|G| L m d) memory.
 
 Configurations whose estimated memory exceeds the host limit are skipped and
 reported as such, never run into the kernel's OOM killer. The table prints
@@ -112,7 +112,7 @@ def _layer_fn(layer: str, side: int, settings: GroupSettings):
   if layer == "linear":
     return lambda q, k, v, x: group_linear.group_favor_attention(
         q, k, v, x["log_bias"], x["group_log_bias"], group=settings.group,
-        projection=x["projection"], grid=grid,
+        projection=x["projection"], grid=grid, method="fft",
     )
   index = group_attention.relative_group_index(settings.group)
   local = layer == "local"

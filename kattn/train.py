@@ -66,9 +66,25 @@ def load_dataset(
 
   With `config.image_size` set, images are resized to that square size
   (bilinear, `kattn.data.resize`), as Horn et al. resize 28 x 28 digits to
-  32 x 32; without it they keep their native size.
+  32 x 32; without it they keep their native size. `config.max_train_examples`
+  and `config.max_test_examples`, when set, keep the first N examples of
+  that split: a class-balanced subset where the split is stored in mixed
+  class order, as the bundled digits and Fashion-MNIST are.
   """
   dataset = data_lib.load(spec or config.dataset, split)
+  limit = config.get(f"max_{split}_examples")
+  if limit is not None and (
+      isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+  ):
+    raise ValueError(
+        f"`max_{split}_examples` must be a positive int or None; got"
+        f" {limit!r}."
+    )
+  if limit is not None and limit < len(dataset):
+    dataset = data_lib.Dataset(
+        dataset.images[:limit], dataset.labels[:limit], dataset.num_classes,
+        f"{dataset.name}[:{limit}]",
+    )
   size = config.get("image_size")
   if size is None or dataset.images.shape[1:3] == (size, size):
     return dataset

@@ -257,3 +257,18 @@ def test_a_half_written_checkpoint_is_never_taken_for_a_good_one(tmp_path):
   assert int(state.step) == 4000 // 64
   results = train.train_and_evaluate(_tiny_config(), str(tmp_path))
   assert results["steps_this_run"] == 0
+
+
+def test_max_examples_keep_a_prefix_of_each_split():
+  config = digits.get_config("runlocal")
+  config.max_train_examples = 100
+  config.max_test_examples = 7
+  train_split = train.load_dataset(config, "train")
+  test_split = train.load_dataset(config, "test")
+  full = data_lib.load("bundled:digits", "test")
+  assert len(train_split) == 100 and len(test_split) == 7
+  np.testing.assert_array_equal(test_split.images, full.images[:7])
+  assert test_split.name == "bundled:digits/test[:7]"
+  config.max_test_examples = 0
+  with pytest.raises(ValueError, match="`max_test_examples` must be a positive"):
+    train.load_dataset(config, "test")

@@ -18,8 +18,10 @@ Variants after the colon (comma-separated, one of each kind at most):
     turns), p4m (p4 and mirrors), p4_linear (the p4 network with the
     group-equivariant FAVOR+ linear attention, global over all pixels and
     group elements).
-  data: digits (default: rotated bundled digits), fashion (rotated full
-    Fashion-MNIST from Debian's `dataset-fashion-mnist`).
+  data: digits (default: rotated bundled digits), fashion (rotated
+    Fashion-MNIST from Debian's `dataset-fashion-mnist`: the first 12,000
+    training images, rotMNIST's training size, and 1,000 test images; drop
+    `max_train_examples` / `max_test_examples` for all of it).
   size: reference (GSA-Nets' rotMNIST net: 20 channels, 9 heads, 9 x 9
     windows, blocks ((2, 0), (2, 1, 1)), Adam 1e-3, batch 8, 300 epochs;
     needs an accelerator), runlocal (a few steps, for smoke tests).
@@ -74,7 +76,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.batch_size = 32
   # 1,500 steps on the digits: about 3 (z2), 20 (p4) and 30 (p4_linear)
   # minutes on 2 CPU cores.
-  config.num_epochs = 12 if dataset == "digits" else 1
+  config.num_epochs = 12
+  if dataset == "fashion":
+    # rotMNIST's training-set size, 12,000 images, for 750 steps, and the
+    # first 1,000 test images (both class-balanced): a CPU-sized run.
+    config.max_train_examples = 12000
+    config.max_test_examples = 1000
+    config.num_epochs = 2
 
   config.model = ml_collections.ConfigDict(dict(
       name="gsa_net",
