@@ -114,7 +114,12 @@ class _GroupLinearBase(nn.Module):
         np.arange(1 - width, width) / max(width - 1, 1), indexing="ij",
     )
     offsets = jnp.asarray(np.stack([rows, cols], -1), jnp.float32)
-    hidden = nn.Dense(_BIAS_MLP_HIDDEN, name="bias_mlp_in")(offsets)
+    # Random first biases: with zeros, LayerNorm would see w . delta and
+    # keep only the direction of the offset, not its length.
+    hidden = nn.Dense(
+        _BIAS_MLP_HIDDEN, bias_init=nn.initializers.normal(1.0),
+        name="bias_mlp_in",
+    )(offsets)
     hidden = nn.swish(nn.LayerNorm(name="bias_mlp_norm")(hidden))
     table = nn.Dense(
         self.num_heads, kernel_init=nn.initializers.zeros, name="bias_mlp_out"
