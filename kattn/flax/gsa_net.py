@@ -159,7 +159,7 @@ class GSANet(_AttentionLayers):
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> net = GSANet(num_classes=3, group="p4", channels=4, num_heads=2,
-    ...              window=3, stages=((1,), (0,)))
+    ...              head_dim=4, window=3, stages=((1,), (0,)))
     >>> x = jnp.zeros((2, 8, 8, 1))
     >>> variables = net.init(jax.random.key(0), x)
     >>> net.apply(variables, x).shape
