@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,23 +79,47 @@ def test_unknown_model_name_is_a_clear_error():
   assert {"vit", "gsa_net"} <= set(kflax.available_models())
 
 
-@pytest.mark.parametrize("group, attention", [
-    ("p4", "local"), ("p4m", "local"), ("p4", "global"), ("p4m", "favor"),
-])
-def test_gsa_net_logits_are_invariant(group, attention):
-  # Odd 9 x 9 input through a 2 x 2 pool needs an even size: crop 1 first.
-  net = gsa_net.GSANet(
-      num_classes=3, group=group, attention=attention, channels=4,
-      num_heads=2, head_dim=4, window=3, stages=((1,), (0,)),
-      num_random_features=8,
-  )
-  x = jax.random.normal(jax.random.key(1), (2, 10, 10, 1))
-  variables = net.init(jax.random.key(0), x)
-  apply = jax.jit(lambda t: net.apply(variables, t))
+_NETS = {}
+
+
+def _net_apply(group, attention):
+  """A jitted tiny GSA-Net with fixed random weights, built once per kind."""
+  if (group, attention) not in _NETS:
+    # 10 x 10 -> crop 1 -> 8 -> pool -> 4: even sizes at the pool.
+    net = gsa_net.GSANet(
+        num_classes=3, group=group, attention=attention, channels=4,
+        num_heads=2, head_dim=4, window=3, stages=((1,), (0,)),
+        num_random_features=8,
+    )
+    variables = net.init(jax.random.key(0), jnp.zeros((1, 10, 10, 1)))
+    _NETS[group, attention] = jax.jit(lambda t: net.apply(variables, t))
+  return _NETS[group, attention]
+
+
+@hypothesis.settings(max_examples=100, deadline=None, derandomize=True)
+@hypothesis.given(
+    kind=st.sampled_from([("p4", "local"), ("p4m", "local"),
+                          ("p4", "global"), ("p4m", "favor")]),
+    seed=st.integers(0, 2**31 - 1),
+    element=st.integers(0, 7),
+)
+def test_gsa_net_logits_are_invariant(kind, seed, element):
+  group = kind[0]
+  x = jax.random.normal(jax.random.key(seed), (2, 10, 10, 1))
+  order = 8 if group == "p4m" else 4
   # float32 through six layers of O(1) activations: 1e-4 absolute.
   testing.assert_group_equivariant(
-      apply, x, group, output_kind="invariant", rtol=1e-4, atol=1e-4
+      _net_apply(*kind), x, group, output_kind="invariant",
+      elements=[element % order], rtol=1e-4, atol=1e-4,
   )
+
+
+def test_z2_net_is_not_rotation_invariant():
+  apply = _net_apply("z2", "local")
+  x = jax.random.normal(jax.random.key(1), (2, 10, 10, 1))
+  with pytest.raises(AssertionError, match="element 1 of p4"):
+    testing.assert_group_equivariant(
+        apply, x, "p4", output_kind="invariant", rtol=1e-4, atol=1e-4)
 
 
 def test_gsa_net_bad_input_is_a_clear_error():
