@@ -857,11 +857,11 @@ def test_mlp_position_bias_is_equivariant_and_small(lifting):
   )
   assert "log_bias" not in variables["params"]
   mlp = sum(np.size(p) for name, tree in variables["params"].items()
-            if name.startswith("bias_mlp")
+            if name.startswith("bias_")
             for p in jax.tree_util.tree_leaves(tree))
   # Dense 2 -> 16, LayerNorm(16), Dense 16 -> heads: whatever the image
   # size (the free table here has 2 x 11 x 11 = 242 entries).
-  assert mlp == (2 * 16 + 16) + 2 * 16 + (16 * 2 + 2)
+  assert mlp == (2 * 16 + 16) + 2 * 16 + (16 * 2 + 2) + 2  # + window widths
   testing.assert_group_equivariant(
       jax.jit(lambda t: layer.apply(variables, t)), x, "p4m",
       input_kind="image" if lifting else "regular",

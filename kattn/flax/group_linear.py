@@ -124,6 +124,23 @@ class _GroupLinearBase(nn.Module):
     table = nn.Dense(
         self.num_heads, kernel_init=nn.initializers.zeros, name="bias_mlp_out"
     )(hidden)
+    # A learned Gaussian window per head, -|delta|^2 / (2 sigma^2) in pixels,
+    # sigma from 1 to 4 pixels at init: global attention starts local, as a
+    # convolution, and may widen. From a zero table a FAVOR+ GSA-Net stayed
+    # at 28% train accuracy on rotated digits after 700 steps (measured),
+    # the positional signal being too weak to learn. |g^-1 delta| = |delta|,
+    # so the window is invariant and equivariance stays exact.
+    sigma = np.linspace(1.0, 4.0, self.num_heads)
+    log_width = self.param(
+        "bias_locality",
+        lambda *_: jnp.asarray(np.log(0.5 / sigma**2), jnp.float32),
+        (self.num_heads,),
+    )
+    squared = jnp.asarray(
+        (rows * max(height - 1, 1))**2 + (cols * max(width - 1, 1))**2,
+        jnp.float32,
+    )
+    table = table - jnp.exp(log_width) * squared[..., None]
     return jnp.moveaxis(table, -1, 0)
 
   def _attend(self, x, grid, spec, head_dim, attend):
@@ -168,7 +185,8 @@ class LiftingLinearAttention(_GroupLinearBase):
       default.
     position_bias: the spatial log-bias, `"table"` (a free
       `[heads, 2H - 1, 2W - 1]` parameter, zeros at init) or `"mlp"` (a
-      16-unit MLP of the normalised offset, zero at init; far fewer
+      16-unit MLP of the normalised offset, zero at init, plus a learned
+      Gaussian window per head, 1 to 4 pixels wide at init; far fewer
       parameters).
     method: `"auto"`, `"fft"` or `"dense"`: how the attention sums (see
       `kattn.attention.group_linear.group_feature_map_attention`).
@@ -236,7 +254,8 @@ class GroupLinearAttention(_GroupLinearBase):
       default.
     position_bias: the spatial log-bias, `"table"` (a free
       `[heads, 2H - 1, 2W - 1]` parameter, zeros at init) or `"mlp"` (a
-      16-unit MLP of the normalised offset, zero at init; far fewer
+      16-unit MLP of the normalised offset, zero at init, plus a learned
+      Gaussian window per head, 1 to 4 pixels wide at init; far fewer
       parameters).
     method: `"auto"`, `"fft"` or `"dense"`: how the attention sums (see
       `kattn.attention.group_linear.group_feature_map_attention`).
