@@ -155,3 +155,18 @@ def test_study_end_to_end_p4_is_exact_at_quarter_turns(tmp_path):
   assert "97.97" in table and "p4 GSA-Net" in table
   assert (output / "study.png").stat().st_size > 0
   assert rotation_study.LABELS["z2"] in table
+
+
+@pytest.mark.parametrize("layer", ["local", "global", "linear"])
+def test_group_benchmark_times_each_layer(layer):
+  from experiments import bench_group
+  settings = bench_group.GroupSettings(heads=1, head_dim=4, num_features=4,
+                                       repeats=1)
+  record = bench_group.run_config(layer, "fwd_bwd", 4, settings)
+  assert record["status"] == "ok" and record["median_ms"] > 0
+  small, large = (bench_group.estimate_memory_bytes(layer, "fwd", side,
+                                                    settings)
+                  for side in (28, 56))
+  assert large > small
+  with pytest.raises(ValueError, match="`layer` must be one of"):
+    bench_group.run_config("conv", "fwd", 4, settings)
