@@ -149,14 +149,7 @@ def format_table(study: dict) -> str:
 
 
 def plot(study: dict, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  datasets = [d for d, runs in study["datasets"].items() if runs]
-  fig, axes = plt.subplots(
-      1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False
-  )
+  fig, axes, datasets = studies.figure_per_dataset(study)
   for ax, dataset in zip(axes[0], datasets):
     for index, (variant, run) in enumerate(study["datasets"][dataset].items()):
       color = f"C{index}"

@@ -58,6 +58,19 @@ def dataset_available(dataset: str) -> bool:
   return True
 
 
+def figure_per_dataset(study: dict):
+  """(figure, axes [1, n], dataset names): one panel per dataset with runs."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  datasets = [d for d, runs in study["datasets"].items() if runs]
+  fig, axes = plt.subplots(
+      1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False
+  )
+  return fig, axes, datasets
+
+
 def save_figure(fig, path: str) -> None:
   """Writes `fig` beside `path`, then renames: never a half-written plot."""
   import matplotlib.pyplot as plt
