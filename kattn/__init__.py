@@ -7,11 +7,13 @@ explicit `jax.random` keys.
 from kattn.attention import (
     favor_attention,
     feature_map_attention,
+    gated_positional_self_attention,
     group_favor_attention,
     group_lifting_favor_attention,
     group_self_attention,
     lifting_self_attention,
     linear_attention,
+    linear_gated_positional_self_attention,
     quadratic_kernel_attention,
     softmax_attention,
 )

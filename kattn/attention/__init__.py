@@ -1,6 +1,17 @@
 """Attention cores on `[*batch, length, heads, dim]` (group feature maps:
 `[*batch, order, length, heads, dim]`)."""
 
+from kattn.attention.gpsa import (
+    gated_positional_self_attention,
+    gpsa_attention_weights,
+    linear_gated_positional_self_attention,
+    locality_centres,
+    locality_position_weights,
+    nonlocality,
+    positional_attention_weights,
+    positional_log_bias_table,
+    relative_position_encodings,
+)
 from kattn.attention.group import (
     group_self_attention,
     lifting_self_attention,
