@@ -138,6 +138,42 @@ def load(spec: str, split: str) -> Dataset:
   )
 
 
+def class_balanced_subset(dataset: Dataset, fraction: float) -> Dataset:
+  """The first floor(fraction * n_c) examples of each class c, in data order.
+
+  ConViT's subsampling of ImageNet: every class keeps the same share, so a
+  small fraction changes the amount of data, not the class balance. Each
+  class keeps at least one example.
+
+  Args:
+    dataset: the split to subsample.
+    fraction: in (0, 1].
+
+  Returns:
+    A `Dataset` named `NAME[fraction]`, examples in their original order.
+
+  Examples:
+    >>> import numpy as np
+    >>> ds = Dataset(np.zeros((6, 2, 2, 1), np.float32),
+    ...              np.array([0, 1, 0, 1, 0, 1], np.int32), 2, "toy/train")
+    >>> class_balanced_subset(ds, 0.5).labels.tolist()
+    [0, 1, 0, 1]
+  """
+  if (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+      or not 0 < fraction <= 1):
+    raise ValueError(
+        f"`fraction` must be a number in (0, 1]; got {fraction!r}."
+    )
+  keep = np.zeros(len(dataset), bool)
+  for label in np.unique(dataset.labels):
+    members = np.flatnonzero(dataset.labels == label)
+    keep[members[:max(1, int(fraction * len(members)))]] = True
+  return Dataset(
+      dataset.images[keep], dataset.labels[keep], dataset.num_classes,
+      f"{dataset.name}[{fraction:g}]",
+  )
+
+
 def disc_mask(height: int, width: int) -> np.ndarray:
   """`[H, W]` bool: pixels within (min(H, W) - 1) / 2 of the image centre.
 

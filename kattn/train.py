@@ -40,7 +40,7 @@ from kattn.flax import models
 from kattn.flax import registry
 
 # Config keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("num_epochs", "log_every", "checkpoint_every")
+RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every", "checkpoint_every")
 
 
 @flax.struct.dataclass
@@ -70,6 +70,8 @@ def load_dataset(
   and `config.max_test_examples`, when set, keep the first N examples of
   that split: a class-balanced subset where the split is stored in mixed
   class order, as the bundled digits and Fashion-MNIST are.
+  `config.train_fraction` (or `test_fraction`), when set, then keeps that
+  fraction of every class (`kattn.data.class_balanced_subset`).
   """
   dataset = data_lib.load(spec or config.dataset, split)
   limit = config.get(f"max_{split}_examples")
@@ -85,6 +87,9 @@ def load_dataset(
         dataset.images[:limit], dataset.labels[:limit], dataset.num_classes,
         f"{dataset.name}[:{limit}]",
     )
+  fraction = config.get(f"{split}_fraction")
+  if fraction is not None:
+    dataset = data_lib.class_balanced_subset(dataset, fraction)
   size = config.get("image_size")
   if size is None or dataset.images.shape[1:3] == (size, size):
     return dataset
@@ -285,6 +290,19 @@ def _truncate_metrics(path: str, step: int) -> None:
     f.writelines(lines)
 
 
+def _total_steps(config, steps_per_epoch: int) -> int:
+  """`config.num_steps` when set (a budget independent of the data size),
+  else `num_epochs` passes over the training split."""
+  num_steps = config.get("num_steps")
+  if num_steps is None:
+    return config.num_epochs * steps_per_epoch
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    raise ValueError(
+        f"`num_steps` must be a positive int or None; got {num_steps!r}."
+    )
+  return num_steps
+
+
 def evaluate(model, state: TrainState, dataset: data_lib.Dataset, config) -> dict:
   """Accuracy plus shift- and rotation-robustness curves on `dataset`."""
   return robustness.robustness_report(
@@ -318,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f" of devices ({num_devices})."
     )
   steps_per_epoch = data_lib.num_batches(train, batch_size=config.batch_size)
-  total_steps = config.num_epochs * steps_per_epoch
+  total_steps = _total_steps(config, steps_per_epoch)
   optimizer = create_optimizer(config, total_steps)
   mesh = data_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())

@@ -4,6 +4,21 @@ from kattn.flax.attention import (
     MultiHeadSelfAttention,
     redraw,
 )
+from kattn.flax.convit import (
+    CONVIT_SIZES,
+    ConViT,
+    ConViTBlock,
+    GatedPositionalSelfAttention,
+    attention_maps,
+    deit,
+    layer_nonlocality,
+)
+from kattn.flax.convert_timm import (
+    convit_config_from_state_dict,
+    load_timm_convit,
+    params_from_timm_state_dict,
+    timm_convit_shapes,
+)
 from kattn.flax.group import (
     GroupSelfAttention,
     LiftingSelfAttention,

@@ -115,22 +115,68 @@ class MultiHeadSelfAttention(nn.Module):
     k = dense("key", heads, -1)(x)
     v = dense("value", heads, -1)(x)
 
-    projection = None
-    if spec.projection_sampler is not None:
-      sampler = registry.get_projection_sampler(spec.projection_sampler)
-      num_features = self.num_random_features or spec.num_random_features
-      projection = self.variable(
-          RANDOM_FEATURES,
-          PROJECTION_PREFIX + spec.projection_sampler,
-          lambda: sampler(
-              jax.random.fold_in(self.make_rng("params"), PROJECTION_SALT),
-              num_features, head_dim,
-          ),
-      ).value
+    projection = random_projection(
+        self, spec, self.num_random_features, head_dim
+    )
 
+    if spec.name == "softmax" and self.is_mutable_collection("intermediates"):
+      # Only softmax has explicit weights worth inspecting (e.g. ConViT's
+      # nonlocality); formed only when asked for.
+      logits = jnp.einsum("...qhd,...khd->...hqk", q, k) * head_dim**-0.5
+      if self.causal:
+        length = x.shape[-2]
+        logits = jnp.where(
+            jnp.tril(jnp.ones((length, length), bool)), logits, -jnp.inf
+        )
+      self.sow(
+          "intermediates", "attention_weights",
+          jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+      )
     out = spec.fn(q, k, v, projection=projection, causal=self.causal)
     out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
     return dense("out", self.out_features or width, (-2, -1))(out)
+
+
+def random_projection(
+    module: nn.Module, spec: registry.AttentionSpec,
+    num_random_features: Optional[int], dim: int,
+) -> Optional[jax.Array]:
+  """`module`'s `[m, dim]` projection for `spec`, or None if it needs none.
+
+  Call it inside the module's compact method: the projection is the
+  variable `"projection_<sampler>"` of the `"random_features"` collection,
+  drawn once at init from the module's `"params"` rng (salted, so it never
+  reuses a parameter initialiser's keys), and redrawn only by `redraw`.
+
+  Args:
+    module: the bound module that owns the projection.
+    spec: the attention, from `registry.get_attention`.
+    num_random_features: m, or None for the attention's default.
+    dim: the query/key width per head.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> class Features(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return random_projection(self, registry.get_attention("favor"),
+    ...                              8, x.shape[-1])
+    >>> Features().init(jax.random.key(0), jnp.ones(4))[RANDOM_FEATURES][
+    ...     "projection_orthogonal"].shape
+    (8, 4)
+  """
+  if spec.projection_sampler is None:
+    return None
+  sampler = registry.get_projection_sampler(spec.projection_sampler)
+  num_features = num_random_features or spec.num_random_features
+  _validation.check_positive_int("num_random_features", num_features)
+  return module.variable(
+      RANDOM_FEATURES, PROJECTION_PREFIX + spec.projection_sampler,
+      lambda: sampler(
+          jax.random.fold_in(module.make_rng("params"), PROJECTION_SALT),
+          num_features, dim,
+      ),
+  ).value
 
 
 def _sampler_for(path) -> registry.ProjectionSampler:

@@ -69,21 +69,9 @@ class _GroupLinearBase(nn.Module):
 
   def _feature_map(self, spec, head_dim):
     """`spec.feature_map` with this layer's projection (None if it has none)."""
-    projection = None
-    if spec.projection_sampler is not None:
-      sampler = registry.get_projection_sampler(spec.projection_sampler)
-      num_features = self.num_random_features or spec.num_random_features
-      _validation.check_positive_int("num_random_features", num_features)
-      projection = self.variable(
-          attention_lib.RANDOM_FEATURES,
-          attention_lib.PROJECTION_PREFIX + spec.projection_sampler,
-          lambda: sampler(
-              jax.random.fold_in(
-                  self.make_rng("params"), attention_lib.PROJECTION_SALT
-              ),
-              num_features, head_dim,
-          ),
-      ).value
+    projection = attention_lib.random_projection(
+        self, spec, self.num_random_features, head_dim
+    )
     return lambda x: spec.feature_map(x, projection)
 
   def _check(self):

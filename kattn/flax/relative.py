@@ -200,21 +200,9 @@ class RelativeSelfAttention(nn.Module):
     v = dense("value", heads)(x)
 
     def projection(dim):
-      if spec.projection_sampler is None:
-        return None
-      sampler = registry.get_projection_sampler(spec.projection_sampler)
-      num_features = self.num_random_features or spec.num_random_features
-      _validation.check_positive_int("num_random_features", num_features)
-      return self.variable(
-          attention_lib.RANDOM_FEATURES,
-          attention_lib.PROJECTION_PREFIX + spec.projection_sampler,
-          lambda: sampler(
-              jax.random.fold_in(
-                  self.make_rng("params"), attention_lib.PROJECTION_SALT
-              ),
-              num_features, dim,
-          ),
-      ).value
+      return attention_lib.random_projection(
+          self, spec, self.num_random_features, dim
+      )
 
     if mode in ("fft_torus", "fft_padded"):
       k = dense("key", heads)(x)
