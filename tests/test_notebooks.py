@@ -26,6 +26,14 @@ EXPECTED = {
         "p4: test accuracy",
         "spread over quarter turns 0.0000",
     ],
+    "convit.ipynb": [
+        "alpha=10: every head is one-hot at its own offset",
+        "linear GPSA matches quadratic GPSA",
+        "convit: test accuracy",
+        "deit: test accuracy",
+        "gates after training:",
+        "nonlocality per layer:",
+    ],
 }
 
 
