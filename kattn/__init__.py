@@ -15,6 +15,7 @@ from kattn.attention import (
     linear_attention,
     linear_gated_positional_self_attention,
     quadratic_kernel_attention,
+    soft_attention,
     softmax_attention,
 )
 from kattn.features import (

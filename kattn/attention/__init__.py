@@ -33,6 +33,14 @@ from kattn.attention.linear import (
     feature_map_attention,
     linear_attention,
 )
+from kattn.attention.soft import (
+    average_pool_landmarks,
+    gaussian_kernel,
+    gaussian_kernel_attention,
+    newton_schulz_pinv,
+    segment_mean_landmarks,
+    soft_attention,
+)
 from kattn.attention.reference import (
     quadratic_kernel_attention,
     softmax_attention,

@@ -36,6 +36,10 @@ from kattn.flax.models import (
     EncoderBlock,
     VisionTransformer,
 )
+from kattn.flax.soft import (
+    SoftSelfAttention,
+    strided_conv_landmarks,
+)
 from kattn.flax.relative import (
     RELATIVE_POSITIONS,
     RelativeSelfAttention,

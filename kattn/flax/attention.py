@@ -112,7 +112,7 @@ class MultiHeadSelfAttention(nn.Module):
 
     heads = (self.num_heads, head_dim)
     q = dense("query", heads, -1)(x)
-    k = dense("key", heads, -1)(x)
+    k = q if spec.ties_keys_to_queries else dense("key", heads, -1)(x)
     v = dense("value", heads, -1)(x)
 
     projection = random_projection(

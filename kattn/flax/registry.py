@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from kattn import _validation
 from kattn.attention import linear
+from kattn.attention import soft
 from kattn.features import favor
 from kattn.features import random
 
@@ -58,6 +59,9 @@ class AttentionSpec:
       `ScaledFeatures`) whose dot products are the unnormalised attention
       weights, so that `fn` equals `kattn.feature_map_attention` with them;
       None for attentions that are not kernelized (softmax).
+    ties_keys_to_queries: the mechanism uses its queries as keys (SOFT's
+      Gaussian kernel needs Q = K): modules then make no key projection and
+      pass `k = q`.
 
   Examples:
     >>> spec = AttentionSpec("plain", lambda q, k, v, *, projection, causal: v)
@@ -70,6 +74,7 @@ class AttentionSpec:
   num_random_features: Optional[int] = None
   projection_sampler: Optional[str] = None
   feature_map: Optional[FeatureMap] = None
+  ties_keys_to_queries: bool = False
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -279,6 +284,23 @@ def _softmax(q, k, v, *, projection, causal):
   return out.reshape(batch_shape + out.shape[-3:])
 
 
+def _soft(normalization):
+  def fn(q, k, v, *, projection, causal):
+    del k, projection  # the keys are the queries (ties_keys_to_queries)
+    if causal:
+      raise ValueError(
+          "SOFT attention is bidirectional: its low-rank kernel mixes every"
+          " token with every landmark; got causal=True."
+      )
+    landmarks = soft.segment_mean_landmarks(
+        q, num_landmarks=min(q.shape[-3], soft.DEFAULT_NUM_LANDMARKS)
+    )
+    return soft.soft_attention(
+        q, v, landmarks, ridge=soft.STABLE_RIDGE, normalization=normalization
+    )
+  return fn
+
+
 def _softmax_kernel_features(kernel):
   def feature_map(x, projection):
     return linear.favor_feature_map(projection, x.shape[-1], kernel=kernel)(x)
@@ -318,6 +340,10 @@ register_projection_sampler(
 # rows keeps their cost equal to positive FAVOR+ with 256 features.
 for _spec in (
     AttentionSpec("softmax", _softmax),
+    # SOFT with 49 segment-mean landmarks and the stable ridge; modules with
+    # a token grid can pass their own landmarks to kattn.attention.soft.
+    AttentionSpec("soft", _soft(None), ties_keys_to_queries=True),
+    AttentionSpec("soft_norm", _soft("symmetric"), ties_keys_to_queries=True),
     *(
         AttentionSpec(
             name, _kernel_attention(_softmax_kernel_features(kernel)), m,
