@@ -1,4 +1,4 @@
-"""Speed and memory of softmax attention, FAVOR+ and a per-token scan baseline.
+"""Speed and memory of softmax attention, FAVOR+, SOFT and a per-token scan.
 
 Usage:
 
@@ -6,6 +6,8 @@ Usage:
   python -m experiments.bench_attention --quick      # lengths 256 and 1024
   python -m experiments.bench_attention --check_only # scan baseline vs kattn
   python -m experiments.bench_attention --suite relative  # FFT-RPE, 2-D grids
+  python -m experiments.bench_attention --mechanisms=soft,favor \
+      --paired_lengths=16384                         # SOFT against FAVOR+
 
 Every (mechanism, mode, length) runs in a fresh subprocess, so each one starts
 from a clean allocator and has its own peak-memory counter: on CPU the peak
@@ -22,6 +24,14 @@ one process, their runs interleaved for `--paired_rounds` rounds, so that a
 slow spell of a shared machine hits both. Achieved
 GFLOP/s use the matmul-only `FLOP_MODEL` and are compared with a measured
 square-matmul ceiling.
+
+SOFT (`kattn.attention.soft.soft_attention`, bidirectional only) runs with
+`Settings.num_landmarks` segment-mean landmarks of the queries, the stable
+ridge and `Settings.num_iterations` Newton-Schulz steps, as the registry's
+"soft" attention. Its keys are its queries, so it ignores k (whose gradient
+in fwd_bwd is zero) and the random projection. Its memory above the runtime
+should grow linearly in L; the run prints the growth exponent between
+consecutive lengths and a verdict (`memory_growth`).
 
 The relative suite (`--suite relative`) follows the same conventions for 2-D
 relative position biases on square side x side grids: FFT-RPE
@@ -52,10 +62,11 @@ import psutil
 import kattn
 from kattn import _memory
 from kattn.attention import linear
+from kattn.attention import soft
 from kattn.positional import toeplitz
 
 MECHANISMS = (
-    "softmax", "softmax_cudnn", "favor", "favor_causal", "scan_causal"
+    "softmax", "softmax_cudnn", "favor", "favor_causal", "scan_causal", "soft"
 )
 MODES = ("fwd", "fwd_bwd")
 LENGTHS = (256, 1024, 4096, 16384, 65536)
@@ -64,11 +75,18 @@ QUICK_LENGTHS = (256, 1024)
 PAIRED_COMPARISONS = (
     ("scan_causal", "favor_causal", "fwd_bwd"),
     ("favor_causal", "favor", "fwd_bwd"),
+    ("soft", "favor", "fwd_bwd"),
 )
 PAIRED_LENGTHS = (4096, 16384)
 QUICK_PAIRED_LENGTHS = (1024,)
 PAIRED_ROUNDS = 7
 CEILING_SIZES = (1024, 2048, 4096)
+# Mechanisms whose memory growth in L the run checks.
+MEMORY_GROWTH_MECHANISMS = ("soft",)
+# Growth exponents up to this count as at most linear. It separates linear
+# from quadratic growth (exponent 2) with room for measurement noise; an
+# L log L term (about 1.1 at these lengths) would pass.
+LINEAR_EXPONENT_LIMIT = 1.25
 
 FLOP_MODEL = (
     "matmul FLOPs only (2*M*N*K; exp and other elementwise work not counted,"
@@ -81,6 +99,12 @@ FLOP_MODEL = (
     " readout]; fwd_bwd fwd + 2*(2*B*h*L*m*d) + 2*2*(2*B*h*L*m*(d_v+1))."
     " favor_causal: favor + 2*B*h*L*C*(m+d_v+1) [intra-chunk C x C blocks],"
     " that term 3x for fwd_bwd. scan_causal: as favor."
+    " soft (n landmarks, T Newton-Schulz steps): fwd 2*B*h*L*n*d"
+    " [segment-mean landmarks] + 2*B*h*(L*n*d + n^2*d) [kernels P, A]"
+    " + 2*B*h*(2*L*n*d_v + n^2*d_v) [P^T v, A^+ (P^T v), P readout]"
+    " + 4*B*h*T*n^3 [Newton-Schulz]; fwd_bwd fwd + the landmark term"
+    " + 2x the kernel and product terms + 4*B*h*n^3 [pseudo-inverse VJP,"
+    " applied once]."
 )
 
 # JAX, XLA and the compiled program hold this much before any attention
@@ -110,6 +134,10 @@ class Settings:
   chunks_per_step: int = linear.DEFAULT_CHUNKS_PER_STEP
   repeats: int = 3
   seed: int = 0
+  # SOFT: landmarks n, Newton-Schulz steps and the ridge on A.
+  num_landmarks: int = soft.DEFAULT_NUM_LANDMARKS
+  num_iterations: int = soft.DEFAULT_NUM_ITERATIONS
+  ridge: float = soft.STABLE_RIDGE
 
 
 # The per-token scan baseline (google-research performer style).
@@ -266,6 +294,8 @@ def flop_model(
     head_dim: int, num_features: int,
     chunk_size: int = linear.DEFAULT_CHUNK_SIZE,
     value_dim: Optional[int] = None,
+    num_landmarks: int = soft.DEFAULT_NUM_LANDMARKS,
+    num_iterations: int = soft.DEFAULT_NUM_ITERATIONS,
 ) -> int:
   """Matmul FLOPs of one configuration, as stated in `FLOP_MODEL`.
 
@@ -279,6 +309,8 @@ def flop_model(
     num_features: m random features.
     chunk_size: C of the causal chunked engine; kattn uses min(C, L).
     value_dim: d_v, head_dim if None.
+    num_landmarks: n of SOFT.
+    num_iterations: T, SOFT's Newton-Schulz steps.
 
   Returns:
     The FLOP count (an int).
@@ -289,6 +321,20 @@ def flop_model(
     forward = 2 * batch * heads * length**2 * (head_dim + value_dim)
     return forward if mode == "fwd" else 3 * forward
   tokens = batch * heads * length
+  if mechanism == "soft":
+    n, heads_total = num_landmarks, batch * heads
+    landmarks = 2 * tokens * n * head_dim
+    kernels = 2 * heads_total * (length * n * head_dim + n**2 * head_dim)
+    products = 2 * heads_total * (2 * length * n * value_dim + n**2 * value_dim)
+    newton_schulz = 4 * heads_total * num_iterations * n**3
+    forward = landmarks + kernels + products + newton_schulz
+    if mode == "fwd":
+      return forward
+    # The segment one-hot matrix is a constant (one gradient matmul); both
+    # operands of the kernels and products need gradients; the pseudo-inverse
+    # VJP is -V^T G V^T, two n x n matmuls, however many steps ran.
+    inverse_vjp = 4 * heads_total * n**3
+    return forward + landmarks + 2 * (kernels + products) + inverse_vjp
   projections = 2 * (2 * tokens * num_features * head_dim)
   state_and_readout = 2 * (2 * tokens * num_features * (value_dim + 1))
   if mode == "fwd":
@@ -308,6 +354,7 @@ def flop_model(
 def estimate_memory_bytes(
     mechanism: str, mode: str, *, batch: int, heads: int, length: int,
     head_dim: int, num_features: int, dtype: str = "float32",
+    num_landmarks: int = soft.DEFAULT_NUM_LANDMARKS,
 ) -> int:
   """Rough peak memory of one configuration, to skip hopeless ones.
 
@@ -323,6 +370,9 @@ def estimate_memory_bytes(
     features and float32 copies of q, k, [v, 1] existed for every token (kattn
     keeps features per block, so this bounds it from above); 2x for fwd_bwd
     (residuals and their cotangents);
+  * soft: N * (2n + 2d) * 4 for n landmarks, the cross products and the
+    kernel P `[L, n]` per head and float32 copies of q and v (the n x n
+    terms are negligible); 2x for fwd_bwd;
   * plus the runtime itself (`_RUNTIME_BYTES`).
 
   Returns:
@@ -336,6 +386,8 @@ def estimate_memory_bytes(
     work = 2 * batch * heads * length**2 * 4
   elif mechanism == "softmax_cudnn":
     work = 2 * batch * heads * length * 4
+  elif mechanism == "soft":
+    work = tokens * (2 * num_landmarks + 2 * head_dim) * 4
   else:
     work = tokens * (2 * num_features + 3 * head_dim + 1) * 4
   if mode == "fwd_bwd":
@@ -355,6 +407,17 @@ def _attention_fn(mechanism: str, settings: Settings):
     )
   if mechanism == "scan_causal":
     return scan_causal_favor
+  if mechanism == "soft":
+    def soft_attention(q, k, v, projection):
+      del k, projection  # SOFT's keys are its queries; no random features
+      landmarks = soft.segment_mean_landmarks(
+          q, num_landmarks=settings.num_landmarks
+      )
+      return soft.soft_attention(
+          q, v, landmarks, num_iterations=settings.num_iterations,
+          ridge=settings.ridge,
+      )
+    return soft_attention
   causal = mechanism == "favor_causal"
   return lambda q, k, v, projection: kattn.favor_attention(
       q, k, v, projection=projection, causal=causal,
@@ -747,6 +810,7 @@ def ratio_lines(records, device_memory: bool = False) -> list[str]:
       ("softmax", "favor", "fwd"),
       ("scan_causal", "favor_causal", "fwd_bwd"),
       ("favor_causal", "favor", "fwd_bwd"),
+      ("soft", "favor", "fwd_bwd"),
   ):
     for length in lengths:
       a = ok.get((numerator, mode, length))
@@ -757,7 +821,7 @@ def ratio_lines(records, device_memory: bool = False) -> list[str]:
           f"{numerator}/{denominator} {mode} L={length}:"
           f" time {ratio(a['min_ms'], b['min_ms'])}"
       )
-      if numerator == "softmax":
+      if numerator in ("softmax", "soft"):
         (peak_a, inc_a), (peak_b, inc_b) = (
             _memory_columns(r, device_memory) for r in (a, b)
         )
@@ -767,6 +831,86 @@ def ratio_lines(records, device_memory: bool = False) -> list[str]:
         )
       lines.append(line)
   return lines
+
+
+def memory_growth(
+    records, mechanism: str, mode: str, device_memory: bool = False
+) -> Optional[dict]:
+  """How one mechanism's memory above the runtime grows with L.
+
+  The memory is the increment column (peak minus the memory held after JAX
+  start-up and inputs). Between consecutive measured lengths L1 < L2 the
+  growth exponent is log(M2 / M1) / log(L2 / L1): 1 for linear growth, 2
+  for quadratic, below 1 while a constant (on CPU, the compiler's memory)
+  still dominates. The verdict reads the largest pair, where the terms that
+  grow with L dominate most.
+
+  Args:
+    records: result records of one run.
+    mechanism: one of `MECHANISMS`.
+    mode: `"fwd"` or `"fwd_bwd"`.
+    device_memory: read device memory, not the resident set.
+
+  Returns:
+    None if fewer than two lengths succeeded, else `{"kind":
+    "memory_growth", "mechanism", "mode", "lengths", "increment_mib",
+    "exponents"}` (one exponent per consecutive pair, None where an increment
+    is not positive) and `"at_most_linear"`: whether the largest pair's
+    exponent is at most `LINEAR_EXPONENT_LIMIT` (None if it has none).
+  """
+  _check_names(mechanism, mode)
+  measured = sorted(
+      (r["length"], _memory_columns(r, device_memory)[1]) for r in records
+      if r.get("kind") == "result" and r.get("status") == "ok"
+      and r["mechanism"] == mechanism and r["mode"] == mode
+  )
+  if len(measured) < 2:
+    return None
+  exponents = [
+      math.log(m2 / m1) / math.log(l2 / l1) if m1 > 0 and m2 > 0 else None
+      for (l1, m1), (l2, m2) in zip(measured, measured[1:])
+  ]
+  last = exponents[-1]
+  return {
+      "kind": "memory_growth", "mechanism": mechanism, "mode": mode,
+      "lengths": [length for length, _ in measured],
+      "increment_mib": [memory for _, memory in measured],
+      "exponents": exponents,
+      "at_most_linear": (
+          None if last is None else last <= LINEAR_EXPONENT_LIMIT
+      ),
+  }
+
+
+def format_memory_growth(growth: dict) -> str:
+  """One line: the increment at each length, exponents and the verdict."""
+  steps = []
+  for i, (length, memory) in enumerate(
+      zip(growth["lengths"], growth["increment_mib"])
+  ):
+    step = f"L={length} {memory:.0f} MiB"
+    if i:
+      exponent = growth["exponents"][i - 1]
+      step += (
+          " (exponent n/a)" if exponent is None
+          else f" (exponent {exponent:.2f})"
+      )
+    steps.append(step)
+  if growth["at_most_linear"] is None:
+    verdict = "no verdict (increment not positive)"
+  else:
+    grows = (
+        "at most linearly" if growth["at_most_linear"]
+        else "FASTER than linearly"
+    )
+    verdict = (
+        f"grows {grows} (largest pair exponent"
+        f" {growth['exponents'][-1]:.2f}, limit {LINEAR_EXPONENT_LIMIT})"
+    )
+  return (
+      f"{growth['mechanism']} {growth['mode']} memory above the runtime: "
+      + ", ".join(steps) + f": {verdict}"
+  )
 
 
 def _print_header(header: dict) -> None:
@@ -863,6 +1007,12 @@ def run_benchmark(
       "self_check": check,
   }
   _print_header(header)
+  if "soft" in mechanisms:
+    print(
+        f"SOFT: {settings.num_landmarks} segment-mean landmarks, ridge"
+        f" {settings.ridge}, {settings.num_iterations} Newton-Schulz steps;"
+        " keys = queries"
+    )
   print()
   print(_ROW.format(
       "mechanism", "mode", "L", "min ms", "median ms", "compile s", "GFLOP/s",
@@ -873,6 +1023,7 @@ def run_benchmark(
   shape = dict(
       batch=settings.batch, heads=settings.heads,
       head_dim=settings.head_dim, num_features=settings.num_features,
+      num_landmarks=settings.num_landmarks,
   )
   for mechanism in mechanisms:
     for mode in modes:
@@ -882,7 +1033,7 @@ def run_benchmark(
         )
         flops = flop_model(
             mechanism, mode, length=length, chunk_size=settings.chunk_size,
-            **shape,
+            num_iterations=settings.num_iterations, **shape,
         )
         record = {
             "kind": "result", "mechanism": mechanism, "mode": mode,
@@ -918,6 +1069,15 @@ def run_benchmark(
   print()
   for line in ratio_lines(records[1:], device_memory):
     print(line)
+  for mechanism in MEMORY_GROWTH_MECHANISMS:
+    if mechanism not in mechanisms:
+      continue
+    for mode in modes:
+      growth = memory_growth(records, mechanism, mode, device_memory)
+      if growth is not None:
+        records.append(growth)
+        print(format_memory_growth(growth))
+  _write_jsonl_atomically(out, records)
 
   print(f"\nside by side in one process, {paired_rounds} interleaved rounds:")
   for numerator, denominator, mode in PAIRED_COMPARISONS:
@@ -948,10 +1108,11 @@ def run_benchmark(
             f" (min {a:.1f} ms vs {b:.1f} ms)"
         )
         for mechanism in (numerator, denominator):
-          if mechanism in ("favor", "favor_causal"):
+          if mechanism in ("favor", "favor_causal", "soft"):
             flops = flop_model(
                 mechanism, mode, length=length,
-                chunk_size=settings.chunk_size, **shape,
+                chunk_size=settings.chunk_size,
+                num_iterations=settings.num_iterations, **shape,
             )
             gflops = flops / (record["min_ms"][mechanism] / 1e3) / 1e9
             line += (
