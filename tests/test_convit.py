@@ -228,3 +228,17 @@ def test_study_end_to_end(tmp_path):
   table = (output / "study.md").read_text()
   assert "+24%" in table and sample_efficiency_study.LABELS["deit"] in table
   assert (output / "study.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "size, millions", [("tiny", 5.71), ("small", 27.78), ("base", 86.54)]
+)
+def test_reference_sizes_have_the_published_parameter_counts(size, millions):
+  # timm's convit_{tiny,small,base} on 224 x 224 RGB, 1,000 classes; ours
+  # adds zero-initialised q/k/v biases in the two MHSA blocks (< 0.1%).
+  model = convit.ConViT(num_classes=1000, **convit.CONVIT_SIZES[size])
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  )
+  count = sum(np.size(p) for p in jax.tree_util.tree_leaves(shapes["params"]))
+  assert abs(count / 1e6 - millions) < 0.001 * millions + 0.01, count
