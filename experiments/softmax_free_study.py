@@ -143,15 +143,7 @@ def main(argv):
           os.path.join(FLAGS.workdir, dataset, attention),
       )
       train.write_json_atomically(os.path.join(output, "study.json"), study)
-  train.write_json_atomically(os.path.join(output, "study.json"), study)
-  table = format_table(study)
-  with open(os.path.join(output, "study.md.tmp"), "w") as f:
-    f.write(table)
-  os.replace(os.path.join(output, "study.md.tmp"),
-             os.path.join(output, "study.md"))
-  print(table)
-  print(f"wrote {output}/study.json, study.md in"
-        f" {time.perf_counter() - start:.0f} s")
+  studies.write_outputs(output, study, format_table(study), None, start)
 
 
 if __name__ == "__main__":

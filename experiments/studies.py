@@ -4,7 +4,7 @@ flag checks, and the atomic writing of their table, JSON and plot."""
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from absl import app
 import ml_collections
@@ -82,17 +82,20 @@ def save_figure(fig, path: str) -> None:
 
 
 def write_outputs(
-    output: str, study: dict, table: str, plot: Callable[[dict, str], None],
-    start: float,
+    output: str, study: dict, table: str,
+    plot: Optional[Callable[[dict, str], None]], start: float,
 ) -> None:
-  """study.json, study.md and study.png in `output`, each atomically."""
+  """study.json, study.md and (unless `plot` is None) study.png in `output`,
+  each atomically."""
   train.write_json_atomically(os.path.join(output, "study.json"), study)
   with open(os.path.join(output, "study.md.tmp"), "w") as f:
     f.write(table)
   os.replace(
       os.path.join(output, "study.md.tmp"), os.path.join(output, "study.md")
   )
-  plot(study, os.path.join(output, "study.png"))
+  written = "study.json, study.md"
+  if plot is not None:
+    plot(study, os.path.join(output, "study.png"))
+    written += ", study.png"
   print(table)
-  print(f"wrote {output}/study.json, study.md, study.png"
-        f" in {time.perf_counter() - start:.0f} s")
+  print(f"wrote {output}/{written} in {time.perf_counter() - start:.0f} s")
