@@ -156,7 +156,7 @@ def class_balanced_subset(dataset: Dataset, fraction: float) -> Dataset:
     >>> import numpy as np
     >>> ds = Dataset(np.zeros((6, 2, 2, 1), np.float32),
     ...              np.array([0, 1, 0, 1, 0, 1], np.int32), 2, "toy/train")
-    >>> class_balanced_subset(ds, 0.5).labels.tolist()
+    >>> class_balanced_subset(ds, 0.7).labels.tolist()  # 2 of each 3
     [0, 1, 0, 1]
   """
   if (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
