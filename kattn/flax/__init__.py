@@ -2,6 +2,8 @@
 
 from kattn.flax.attention import (
     MultiHeadSelfAttention,
+    kernel_feature_map,
+    random_projection,
     redraw,
 )
 from kattn.flax.convit import (
@@ -50,6 +52,7 @@ from kattn.flax.registry import (
     available_models,
     available_projection_samplers,
     get_attention,
+    get_kernel_attention,
     get_model,
     get_projection_sampler,
     register_attention,

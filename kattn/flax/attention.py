@@ -179,6 +179,27 @@ def random_projection(
   ).value
 
 
+def kernel_feature_map(
+    module: nn.Module, spec: registry.AttentionSpec,
+    num_random_features: Optional[int], dim: int,
+):
+  """`spec.feature_map` bound to `module`'s projection (`random_projection`).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> class Features(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     phi = kernel_feature_map(self, registry.get_attention("favor"),
+    ...                              8, x.shape[-1])
+    ...     return phi(x).values
+    >>> Features().init_with_output(jax.random.key(0), jnp.ones(4))[0].shape
+    (8,)
+  """
+  projection = random_projection(module, spec, num_random_features, dim)
+  return lambda x: spec.feature_map(x, projection)
+
+
 def _sampler_for(path) -> registry.ProjectionSampler:
   name = getattr(path[-1], "key", None)
   where = f"{RANDOM_FEATURES}{jax.tree_util.keystr(path)}"

@@ -127,7 +127,8 @@ class GatedPositionalSelfAttention(nn.Module):
       )
     grid = tuple(grid)
     head_dim = width // self.num_heads
-    spec = None if self.attention == "softmax" else _kernel_spec(self.attention)
+    spec = (None if self.attention == "softmax"
+            else registry.get_kernel_attention(self.attention))
     gpsa._check_positional_method(self.positional_method)  # pylint: disable=protected-access
     if self.use_local_init:
       position_init = lambda *_: jnp.asarray(gpsa.locality_position_weights(
@@ -158,7 +159,9 @@ class GatedPositionalSelfAttention(nn.Module):
 
     feature_map = None
     if spec is not None:
-      feature_map = _feature_map(self, spec, head_dim)
+      feature_map = attention_lib.kernel_feature_map(
+          self, spec, self.num_random_features, head_dim
+      )
       out = gpsa.linear_gated_positional_self_attention(
           q, k, v, position_weights, gate_logits, feature_map=feature_map,
           grid=grid, positional_method=self.positional_method,
@@ -177,23 +180,6 @@ class GatedPositionalSelfAttention(nn.Module):
         "out", width, (-2, -1), True, _TRUNC_NORMAL, self.dtype,
         self.param_dtype,
     )(out)
-
-
-def _kernel_spec(name: str) -> registry.AttentionSpec:
-  spec = registry.get_attention(name)
-  if spec.feature_map is None:
-    raise ValueError(
-        "`attention` must be 'softmax' or name a kernel attention with a"
-        f" feature map (e.g. 'favor', 'relu', 'elu'); got {name!r}."
-    )
-  return spec
-
-
-def _feature_map(module: nn.Module, spec, head_dim: int):
-  projection = attention_lib.random_projection(
-      module, spec, module.num_random_features, head_dim
-  )
-  return lambda x: spec.feature_map(x, projection)
 
 
 class ConViTBlock(nn.Module):

@@ -46,15 +46,6 @@ class _GroupLinearBase(nn.Module):
   position_bias: str = "table"
   method: str = "auto"
 
-  def _spec(self) -> registry.AttentionSpec:
-    spec = registry.get_attention(self.attention)
-    if spec.feature_map is None:
-      raise ValueError(
-          f"`attention` must name a kernel attention with a feature map (e.g."
-          f" 'favor', 'relu', 'elu'); got {self.attention!r}, which has none."
-      )
-    return spec
-
   def _head_dim(self) -> int:
     _validation.check_positive_int("features", self.features)
     _validation.check_positive_int("num_heads", self.num_heads)
@@ -67,13 +58,6 @@ class _GroupLinearBase(nn.Module):
       )
     return self.features // self.num_heads
 
-  def _feature_map(self, spec, head_dim):
-    """`spec.feature_map` with this layer's projection (None if it has none)."""
-    projection = attention_lib.random_projection(
-        self, spec, self.num_random_features, head_dim
-    )
-    return lambda x: spec.feature_map(x, projection)
-
   def _check(self):
     """(kernel spec, head width), validated before any parameter exists."""
     if self.position_bias not in POSITION_BIASES:
@@ -81,7 +65,7 @@ class _GroupLinearBase(nn.Module):
           f"`position_bias` must be one of {POSITION_BIASES}; got"
           f" {self.position_bias!r}."
       )
-    return self._spec(), self._head_dim()
+    return registry.get_kernel_attention(self.attention), self._head_dim()
 
   def _log_bias(self, grid) -> jax.Array:
     """The spatial log-bias table `[heads, 2H - 1, 2W - 1]`.
@@ -143,7 +127,9 @@ class _GroupLinearBase(nn.Module):
     )
     q, k, v = (dense(name, heads)(x) for name in ("query", "key", "value"))
     log_bias = self._log_bias(grid)
-    out = attend(q, k, v, log_bias, self._feature_map(spec, head_dim))
+    out = attend(q, k, v, log_bias, attention_lib.kernel_feature_map(
+        self, spec, self.num_random_features, head_dim
+    ))
     return dense("out", self.features, (-2, -1))(out)
 
 

@@ -209,6 +209,22 @@ def get_attention(name: str) -> AttentionSpec:
   return _ATTENTIONS[name]
 
 
+def get_kernel_attention(name: str) -> AttentionSpec:
+  """The attention `name`, which must be a kernel attention (a feature map).
+
+  Examples:
+    >>> get_kernel_attention("relu").feature_map is not None
+    True
+  """
+  spec = get_attention(name)
+  if spec.feature_map is None:
+    raise ValueError(
+        f"`attention` must name a kernel attention with a feature map (e.g."
+        f" 'favor', 'relu', 'elu'); got {name!r}, which has none."
+    )
+  return spec
+
+
 def available_attentions() -> list[str]:
   """Names of the registered attentions, sorted.
 
