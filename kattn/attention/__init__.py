@@ -31,6 +31,7 @@ from kattn.attention.linear import (
     favor_attention,
     favor_feature_map,
     feature_map_attention,
+    learned_kernel_attention,
     linear_attention,
 )
 from kattn.attention.soft import (

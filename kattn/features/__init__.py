@@ -17,3 +17,16 @@ from kattn.features.random import (
     gaussian_random_projection,
     orthogonal_random_projection,
 )
+from kattn.features.learned import (
+    LEARNED_KERNELS,
+    fast_walsh_hadamard_transform,
+    fastfood_projections,
+    generative_frequencies,
+    gmm_frequencies,
+    gmm_prf_kernel,
+    gmm_rks_kernel,
+    init_learned_kernel,
+    positive_random_features,
+    random_fourier_features,
+    random_permutations,
+)

@@ -4,7 +4,10 @@ The module owns the query, key, value and output projections and calls the
 attention picked by name from `kattn.flax.registry`. Random projections are
 not parameters: they live in the non-trainable `"random_features"`
 collection, drawn once at init, and change only when the training loop calls
-`redraw`.
+`redraw`. Learned-kernel attentions (`"gmm_rks"`, `"fastfood_prf"`, ...) keep
+the noise of their spectral distribution there too, so it is fixed between
+redraws and evaluation is deterministic, while the distribution's parameters
+are trainable params (`"spectral_distribution"`, one set per head).
 """
 
 from __future__ import annotations
@@ -132,7 +135,18 @@ class MultiHeadSelfAttention(nn.Module):
           "intermediates", "attention_weights",
           jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
       )
-    out = spec.fn(q, k, v, projection=projection, causal=self.causal)
+    kernel = {}
+    if spec.init_kernel_params is not None:
+      num_features = self.num_random_features or spec.num_random_features
+      kernel["kernel_params"] = self.param(
+          "spectral_distribution",
+          lambda key: spec.init_kernel_params(
+              key, self.num_heads, head_dim, num_features
+          ),
+      )
+    out = spec.fn(
+        q, k, v, projection=projection, causal=self.causal, **kernel
+    )
     out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
     return dense("out", self.out_features or width, (-2, -1))(out)
 
@@ -141,7 +155,8 @@ def random_projection(
     module: nn.Module, spec: registry.AttentionSpec,
     num_random_features: Optional[int], dim: int,
 ) -> Optional[jax.Array]:
-  """`module`'s `[m, dim]` projection for `spec`, or None if it needs none.
+  """`module`'s projection for `spec` (`[m, dim]` unless the spec's
+  `sample_shape` says otherwise), or None if it needs none.
 
   Call it inside the module's compact method: the projection is the
   variable `"projection_<sampler>"` of the `"random_features"` collection,
@@ -170,11 +185,12 @@ def random_projection(
   sampler = registry.get_projection_sampler(spec.projection_sampler)
   num_features = num_random_features or spec.num_random_features
   _validation.check_positive_int("num_random_features", num_features)
+  shape = spec.sample_shape(num_features, dim)
   return module.variable(
       RANDOM_FEATURES, PROJECTION_PREFIX + spec.projection_sampler,
       lambda: sampler(
           jax.random.fold_in(module.make_rng("params"), PROJECTION_SALT),
-          num_features, dim,
+          *shape,
       ),
   ).value
 

@@ -8,7 +8,10 @@ module. Every attention function has one signature,
 
 on `[*batch, length, heads, dim]` arrays, where `projection` is the
 `[num_random_features, dim]` random projection drawn by the spec's sampler,
-or None for an attention without random features.
+or None for an attention without random features. Learned-kernel attentions
+(`"gmm_rks"`, `"fastfood_prf"`, ...) also take `kernel_params=`, their
+trainable per-head spectral parameters, and their "projection" is the noise
+of their spectral distribution, stored and redrawn like any projection.
 
 Kernel attentions also expose their feature map, so relative-position
 attentions (`kattn.flax.RelativeSelfAttention`) can put a positional factor
@@ -34,6 +37,7 @@ from kattn import _validation
 from kattn.attention import linear
 from kattn.attention import soft
 from kattn.features import favor
+from kattn.features import learned
 from kattn.features import random
 
 AttentionFn = Callable[..., jax.Array]
@@ -62,6 +66,14 @@ class AttentionSpec:
     ties_keys_to_queries: the mechanism uses its queries as keys (SOFT's
       Gaussian kernel needs Q = K): modules then make no key projection and
       pass `k = q`.
+    init_kernel_params: for attentions with trainable kernels,
+      `init_kernel_params(key, num_heads, dim, num_random_features)` returns
+      the parameters that modules create and pass to `fn` as
+      `kernel_params=`; None for the others.
+    projection_shape: `projection_shape(num_random_features, dim)` gives the
+      shape of the sampled array when it is not `[num_random_features, dim]`
+      (FastFood's noise is one permutation per block); it raises a
+      ValueError for a feature count the attention cannot honour.
 
   Examples:
     >>> spec = AttentionSpec("plain", lambda q, k, v, *, projection, causal: v)
@@ -75,6 +87,8 @@ class AttentionSpec:
   projection_sampler: Optional[str] = None
   feature_map: Optional[FeatureMap] = None
   ties_keys_to_queries: bool = False
+  init_kernel_params: Optional[Callable[..., Any]] = None
+  projection_shape: Optional[Callable[[int, int], tuple[int, int]]] = None
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -96,6 +110,21 @@ class AttentionSpec:
       _validation.check_positive_int(
           "num_random_features", self.num_random_features
       )
+    for field in ("init_kernel_params", "projection_shape"):
+      value = getattr(self, field)
+      if value is not None and not callable(value):
+        raise ValueError(f"`{field}` must be callable or None; got {value!r}.")
+
+  def sample_shape(self, num_random_features: int, dim: int) -> tuple[int, int]:
+    """Shape of the array `projection_sampler` draws for m features on dim.
+
+    Examples:
+      >>> get_attention("fastfood_rks").sample_shape(64, 24)
+      (2, 32)
+    """
+    if self.projection_shape is None:
+      return (num_random_features, dim)
+    return tuple(self.projection_shape(num_random_features, dim))
 
 
 _ATTENTIONS: dict[str, AttentionSpec] = {}
@@ -217,6 +246,13 @@ def get_kernel_attention(name: str) -> AttentionSpec:
     True
   """
   spec = get_attention(name)
+  if spec.init_kernel_params is not None:
+    raise ValueError(
+        f"`attention` {name!r} is a learned kernel with per-head trainable"
+        " parameters, which this layer does not create; learned kernels run"
+        " in `MultiHeadSelfAttention` (e.g. `VisionTransformer(attention="
+        f"{name!r})`) or `kattn.attention.learned_kernel_attention`."
+    )
   if spec.feature_map is None:
     raise ValueError(
         f"`attention` must name a kernel attention with a feature map (e.g."
@@ -339,6 +375,25 @@ def _kernel_attention(feature_map):
   return fn
 
 
+def _learned_kernel_attention(name):
+  def fn(q, k, v, *, projection, causal, kernel_params):
+    return linear.learned_kernel_attention(
+        q, k, v, kernel=name, params=kernel_params, noise=projection,
+        causal=causal,
+    )
+  return fn
+
+
+def _learned_kernel_params(name):
+  def init(key, num_heads, dim, num_random_features):
+    kernel = learned.get_learned_kernel(name)
+    return jax.vmap(lambda k: kernel.init_params(k, dim, num_random_features))(
+        jax.random.split(key, num_heads)
+    )
+  return init
+
+
+register_projection_sampler("permutation", learned.random_permutations)
 register_projection_sampler(
     "orthogonal",
     lambda key, m, d: random.orthogonal_random_projection(
@@ -379,6 +434,18 @@ for _spec in (
         for name, features in (
             ("relu", favor.relu_features), ("elu", favor.elu_plus_one_features)
         )
+    ),
+    # Learned kernels: the "projection" is the noise of the spectral
+    # distribution (Gaussian draws, or FastFood's permutations).
+    *(
+        AttentionSpec(
+            name, _learned_kernel_attention(name),
+            kernel.default_num_features,
+            "permutation" if name.startswith("fastfood") else "gaussian",
+            init_kernel_params=_learned_kernel_params(name),
+            projection_shape=kernel.noise_shape,
+        )
+        for name, kernel in learned.LEARNED_KERNELS.items()
     ),
 ):
   register_attention(_spec)
