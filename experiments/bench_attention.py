@@ -1,4 +1,4 @@
-"""Speed and memory of softmax attention, FAVOR+, SOFT and a per-token scan.
+"""Speed and memory of softmax, FAVOR+, SOFT, learned kernels and a scan.
 
 Usage:
 
@@ -8,6 +8,7 @@ Usage:
   python -m experiments.bench_attention --suite relative  # FFT-RPE, 2-D grids
   python -m experiments.bench_attention --mechanisms=soft,favor \
       --paired_lengths=16384                         # SOFT against FAVOR+
+  python -m experiments.bench_attention --suite learned  # learned vs FAVOR+
 
 Every (mechanism, mode, length) runs in a fresh subprocess, so each one starts
 from a clean allocator and has its own peak-memory counter: on CPU the peak
@@ -32,6 +33,17 @@ ridge and `Settings.num_iterations` Newton-Schulz steps, as the registry's
 in fwd_bwd is zero) and the random projection. Its memory above the runtime
 should grow linearly in L; the run prints the growth exponent between
 consecutive lengths and a verdict (`memory_growth`).
+
+The learned suite (`--suite learned`) times the six learned spectral kernels
+of `kattn.features.learned.LEARNED_KERNELS` (`learned_kernel_attention`,
+bidirectional) against bidirectional FAVOR+ at L = 1024, 4096 and 16384,
+fwd_bwd by default: the gradient of sum(out) w.r.t. q, k, v and the spectral
+parameters (one distribution a head, from `init_learned_kernel` with the
+benchmark's heads and head dim). Each kernel draws its
+`default_num_features` m unless `--learned_num_features` is given (RKS
+kernels give 2 m + 1 features, PRF kernels m); FAVOR+ keeps
+`--num_features`. The ratios learned / FAVOR+ are timed again side by side,
+one process per pair and length.
 
 The relative suite (`--suite relative`) follows the same conventions for 2-D
 relative position biases on square side x side grids: FFT-RPE
@@ -63,11 +75,15 @@ import kattn
 from kattn import _memory
 from kattn.attention import linear
 from kattn.attention import soft
+from kattn.features import learned
 from kattn.positional import toeplitz
 
 MECHANISMS = (
     "softmax", "softmax_cudnn", "favor", "favor_causal", "scan_causal", "soft"
 )
+# The learned spectral kernels, bidirectional; run by the learned suite.
+LEARNED_MECHANISMS = tuple(learned.LEARNED_KERNELS)
+LEARNED_SUITE_MECHANISMS = ("favor",) + LEARNED_MECHANISMS
 MODES = ("fwd", "fwd_bwd")
 LENGTHS = (256, 1024, 4096, 16384, 65536)
 QUICK_LENGTHS = (256, 1024)
@@ -77,6 +93,13 @@ PAIRED_COMPARISONS = (
     ("favor_causal", "favor", "fwd_bwd"),
     ("soft", "favor", "fwd_bwd"),
 )
+# The learned suite's ratios: each learned kernel against FAVOR+, in the
+# modes the suite runs (fwd_bwd by default).
+LEARNED_PAIRED_COMPARISONS = tuple(
+    (name, "favor", mode) for mode in MODES for name in LEARNED_MECHANISMS
+)
+LEARNED_LENGTHS = (1024, 4096, 16384)
+LEARNED_MODES = ("fwd_bwd",)
 PAIRED_LENGTHS = (4096, 16384)
 QUICK_PAIRED_LENGTHS = (1024,)
 PAIRED_ROUNDS = 7
@@ -105,8 +128,21 @@ FLOP_MODEL = (
     " + 4*B*h*T*n^3 [Newton-Schulz]; fwd_bwd fwd + the landmark term"
     " + 2x the kernel and product terms + 4*B*h*n^3 [pseudo-inverse VJP,"
     " applied once]."
+    " learned kernels (bidirectional, m draws, F = 2m+1 features for *_rks,"
+    " m for *_prf, D = d padded to a power of two, generator hidden width"
+    " H = 2d): fwd 2*(2*B*h*L*m*d) [q, k projections; fastfood_*:"
+    " 2*(2*B*h*L*m*log2 D), two Walsh-Hadamard transforms of D log2 D adds"
+    " per block of D] + 2*(2*B*h*L*F*(d_v+1)) [state and readout] + the"
+    " frequencies, once per head: gmm_rks 2*h*m*d^2, generative_*"
+    " 2*h*m*d*(2H+d), none for gmm_prf and fastfood_*; fwd_bwd fwd + 2x the"
+    " projections (1x for fastfood_*, whose learned diagonals get elementwise"
+    " gradients) + 2x state and readout + frequency gradients gmm_rks"
+    " 2*h*m*d^2, generative_* 2*h*m*d*(3H+d)."
 )
 
+# The generator's hidden width, in head dims: `init_generative_params`'s
+# default, which `init_learned_kernel` uses.
+_GENERATOR_HIDDEN_FACTOR = 2
 # JAX, XLA and the compiled program hold this much before any attention
 # buffer exists (0.33 to 0.39 GiB RSS measured on CPU); rounded up.
 _RUNTIME_BYTES = 1 << 29
@@ -138,6 +174,9 @@ class Settings:
   num_landmarks: int = soft.DEFAULT_NUM_LANDMARKS
   num_iterations: int = soft.DEFAULT_NUM_ITERATIONS
   ridge: float = soft.STABLE_RIDGE
+  # Learned kernels: draws m of every one; None takes each kernel's own
+  # `default_num_features`. FAVOR+ uses `num_features`.
+  learned_num_features: Optional[int] = None
 
 
 # The per-token scan baseline (google-research performer style).
@@ -281,12 +320,147 @@ def check_scan_causal(
 
 
 def _check_names(mechanism: str, mode: str) -> None:
-  if mechanism not in MECHANISMS:
+  if mechanism not in MECHANISMS + LEARNED_MECHANISMS:
     raise ValueError(
-        f"`mechanism` must be one of {MECHANISMS}; got {mechanism!r}."
+        f"`mechanism` must be one of {MECHANISMS + LEARNED_MECHANISMS}; got"
+        f" {mechanism!r}."
     )
   if mode not in MODES:
     raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+
+
+def mechanism_num_features(mechanism: str, settings: Settings) -> int:
+  """m of `mechanism`: a learned kernel's draws, else FAVOR+'s features.
+
+  Args:
+    mechanism: one of `MECHANISMS` or `LEARNED_MECHANISMS`.
+    settings: `learned_num_features` (None: the kernel's own default) for a
+      learned kernel, `num_features` for every other mechanism.
+
+  Returns:
+    m, the number of random draws (projections) per head.
+
+  Examples:
+    >>> mechanism_num_features("gmm_rks", Settings())
+    128
+    >>> mechanism_num_features("gmm_rks", Settings(learned_num_features=64))
+    64
+    >>> mechanism_num_features("favor", Settings(learned_num_features=64))
+    256
+  """
+  if mechanism not in LEARNED_MECHANISMS:
+    return settings.num_features
+  if settings.learned_num_features is None:
+    return learned.get_learned_kernel(mechanism).default_num_features
+  return settings.learned_num_features
+
+
+def learned_feature_count(mechanism: str, num_draws: int) -> int:
+  """Features per token of a learned kernel with m draws.
+
+  RKS kernels give [cos, sin, constant], 2 m + 1 features; PRF kernels m.
+
+  Examples:
+    >>> learned_feature_count("fastfood_rks", 128)
+    257
+    >>> learned_feature_count("gmm_prf", 256)
+    256
+  """
+  if mechanism not in LEARNED_MECHANISMS:
+    raise ValueError(
+        f"`mechanism` must be one of {LEARNED_MECHANISMS}; got {mechanism!r}."
+    )
+  return 2 * num_draws + 1 if mechanism.endswith("_rks") else num_draws
+
+
+def check_learned_suite(
+    mechanisms, *, head_dim: int, learned_num_features: Optional[int] = None
+) -> tuple[str, ...]:
+  """The learned suite's mechanisms, checked before any subprocess starts.
+
+  Args:
+    mechanisms: names from `LEARNED_SUITE_MECHANISMS`, or None for all.
+    head_dim: d, which FastFood pads to a power of two.
+    learned_num_features: m for every learned kernel, or None for their
+      defaults.
+
+  Returns:
+    The mechanisms, in the given order.
+
+  Raises:
+    ValueError: for a name outside `LEARNED_SUITE_MECHANISMS`, or an m a
+      selected kernel cannot draw (FastFood needs a multiple of the padded
+      head dim, a GMM a multiple of its components).
+
+  Examples:
+    >>> check_learned_suite(["favor", "gmm_rks"], head_dim=64)
+    ('favor', 'gmm_rks')
+    >>> check_learned_suite(["favor", "gmm"], head_dim=64)
+    Traceback (most recent call last):
+    ...
+    ValueError: `mechanisms` must be names from (...); got unknown ['gmm'].
+  """
+  mechanisms = tuple(
+      LEARNED_SUITE_MECHANISMS if mechanisms is None else mechanisms
+  )
+  unknown = [m for m in mechanisms if m not in LEARNED_SUITE_MECHANISMS]
+  if unknown:
+    raise ValueError(
+        f"`mechanisms` must be names from {LEARNED_SUITE_MECHANISMS}; got"
+        f" unknown {unknown}."
+    )
+  if learned_num_features is not None:
+    for mechanism in mechanisms:
+      if mechanism not in LEARNED_MECHANISMS:
+        continue
+      try:
+        learned.get_learned_kernel(mechanism).noise_shape(
+            learned_num_features, head_dim
+        )
+      except ValueError as error:
+        raise ValueError(
+            f"`learned_num_features` {learned_num_features} does not suit"
+            f" {mechanism} at head dim {head_dim}: {error}"
+        ) from error
+  return mechanisms
+
+
+def _learned_flops(
+    mechanism: str, mode: str, *, tokens: int, heads: int, head_dim: int,
+    value_dim: int, num_draws: int,
+) -> int:
+  """`flop_model` for a learned kernel; see `FLOP_MODEL`."""
+  num_features = learned_feature_count(mechanism, num_draws)
+  if mechanism.startswith("fastfood"):
+    width = learned.padded_dim(head_dim)
+    projections = 2 * (2 * tokens * num_draws * int(math.log2(width)))
+  else:
+    projections = 2 * (2 * tokens * num_draws * head_dim)
+  state_and_readout = 2 * (2 * tokens * num_features * (value_dim + 1))
+  hidden = _GENERATOR_HIDDEN_FACTOR * head_dim
+  # Frequencies are formed once per head, for the whole batch.
+  if mechanism == "gmm_rks":
+    frequencies = 2 * heads * num_draws * head_dim**2
+    frequency_grads = frequencies  # the noise is constant: A_c's only
+  elif mechanism.startswith("generative"):
+    frequencies = 2 * heads * num_draws * head_dim * (2 * hidden + head_dim)
+    # W_1 and the skip get weight gradients (the noise is constant); W_2
+    # and the hidden layer both get one.
+    frequency_grads = 2 * heads * num_draws * head_dim * (3 * hidden + head_dim)
+  else:
+    frequencies = frequency_grads = 0
+  forward = projections + state_and_readout + frequencies
+  if mode == "fwd":
+    return forward
+  # Learned frequencies are no constant: the explicit projections need
+  # gradients on both operands. FastFood's transforms are linear in x and
+  # its learned diagonals take elementwise gradients: one more transform.
+  projection_grads = projections if mechanism.startswith("fastfood") else (
+      2 * projections
+  )
+  return (
+      forward + projection_grads + 2 * state_and_readout + frequency_grads
+  )
 
 
 def flop_model(
@@ -300,13 +474,14 @@ def flop_model(
   """Matmul FLOPs of one configuration, as stated in `FLOP_MODEL`.
 
   Args:
-    mechanism: one of `MECHANISMS`.
+    mechanism: one of `MECHANISMS` or `LEARNED_MECHANISMS`.
     mode: `"fwd"` or `"fwd_bwd"`.
     batch: B.
     heads: h.
     length: L, for queries and keys.
     head_dim: d of queries and keys.
-    num_features: m random features.
+    num_features: m random features; for a learned kernel its draws m
+      (`mechanism_num_features`), which give 2 m + 1 features for RKS.
     chunk_size: C of the causal chunked engine; kattn uses min(C, L).
     value_dim: d_v, head_dim if None.
     num_landmarks: n of SOFT.
@@ -321,6 +496,11 @@ def flop_model(
     forward = 2 * batch * heads * length**2 * (head_dim + value_dim)
     return forward if mode == "fwd" else 3 * forward
   tokens = batch * heads * length
+  if mechanism in LEARNED_MECHANISMS:
+    return _learned_flops(
+        mechanism, mode, tokens=tokens, heads=heads, head_dim=head_dim,
+        value_dim=value_dim, num_draws=num_features,
+    )
   if mechanism == "soft":
     n, heads_total = num_landmarks, batch * heads
     landmarks = 2 * tokens * n * head_dim
@@ -373,6 +553,11 @@ def estimate_memory_bytes(
   * soft: N * (2n + 2d) * 4 for n landmarks, the cross products and the
     kernel P `[L, n]` per head and float32 copies of q and v (the n x n
     terms are negligible); 2x for fwd_bwd;
+  * learned kernels, with m = `num_features` draws and F features
+    (`learned_feature_count`): N * (2F + 3d + 1) * 4, as favor with F
+    features, plus h * m * (d + 2d) * 4 for each head's [m, d] frequencies
+    and the generator's [m, 2d] hidden layer (an upper bound for the
+    other kernels); 2x for fwd_bwd;
   * plus the runtime itself (`_RUNTIME_BYTES`).
 
   Returns:
@@ -388,6 +573,12 @@ def estimate_memory_bytes(
     work = 2 * batch * heads * length * 4
   elif mechanism == "soft":
     work = tokens * (2 * num_landmarks + 2 * head_dim) * 4
+  elif mechanism in LEARNED_MECHANISMS:
+    features = learned_feature_count(mechanism, num_features)
+    frequencies = heads * num_features * (
+        1 + _GENERATOR_HIDDEN_FACTOR
+    ) * head_dim * 4
+    work = tokens * (2 * features + 3 * head_dim + 1) * 4 + frequencies
   else:
     work = tokens * (2 * num_features + 3 * head_dim + 1) * 4
   if mode == "fwd_bwd":
@@ -399,7 +590,13 @@ def estimate_memory_bytes(
 
 
 def _attention_fn(mechanism: str, settings: Settings):
-  """(q, k, v, projection) -> out for one mechanism."""
+  """(q, k, v, projection) -> out, or (q, k, v, params, noise) -> out."""
+  if mechanism in LEARNED_MECHANISMS:
+    return lambda q, k, v, params, noise: linear.learned_kernel_attention(
+        q, k, v, kernel=mechanism, params=params, noise=noise, causal=False,
+        chunk_size=settings.chunk_size,
+        chunks_per_step=settings.chunks_per_step,
+    )
   if mechanism in ("softmax", "softmax_cudnn"):
     implementation = "xla" if mechanism == "softmax" else "cudnn"
     return lambda q, k, v, projection: jax.nn.dot_product_attention(
@@ -426,13 +623,17 @@ def _attention_fn(mechanism: str, settings: Settings):
 
 
 def _benchmark_fn(mechanism: str, mode: str, settings: Settings):
+  """The jitted attention, or the gradients of sum(out) in fwd_bwd.
+
+  The gradients are w.r.t. q, k, v and, for a learned kernel, its spectral
+  parameters (the fourth argument); never w.r.t. a fixed projection or noise.
+  """
   attend = _attention_fn(mechanism, settings)
   if mode == "fwd":
     return jax.jit(attend)
-  loss = lambda q, k, v, projection: jnp.sum(
-      attend(q, k, v, projection), dtype=jnp.float32
-  )
-  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  loss = lambda *args: jnp.sum(attend(*args), dtype=jnp.float32)
+  argnums = (0, 1, 2, 3) if mechanism in LEARNED_MECHANISMS else (0, 1, 2)
+  return jax.jit(jax.grad(loss, argnums=argnums))
 
 
 def _current_rss_bytes() -> int:
@@ -453,6 +654,28 @@ def _inputs(length: int, settings: Settings):
       keys[3], settings.num_features, settings.head_dim
   )
   return jax.block_until_ready((q, k, v, projection))
+
+
+def _mechanism_args(mechanism: str, inputs, settings: Settings):
+  """The arguments of `_benchmark_fn(mechanism, ...)` from `_inputs`.
+
+  A learned kernel takes its per-head parameters and shared noise from
+  `init_learned_kernel` in place of the FAVOR+ projection; the key depends
+  on the kernel, so kernels compared side by side draw independently.
+  """
+  if mechanism not in LEARNED_MECHANISMS:
+    return inputs
+  q, k, v, _ = inputs
+  key = jax.random.fold_in(
+      jax.random.key(settings.seed), 1 + LEARNED_MECHANISMS.index(mechanism)
+  )
+  # One compiled program, not dozens of eagerly compiled ops per process.
+  init = jax.jit(lambda key: learned.init_learned_kernel(
+      mechanism, key, num_heads=settings.heads, dim=settings.head_dim,
+      num_features=mechanism_num_features(mechanism, settings),
+  ))
+  params, noise = init(key)
+  return jax.block_until_ready((q, k, v, params, noise))
 
 
 def _measure(fn, args, repeats: int) -> dict:
@@ -511,8 +734,9 @@ def run_config(
   peak counters are per process and never go down.
 
   Args:
-    mechanism: one of `MECHANISMS`.
-    mode: `"fwd"` or `"fwd_bwd"` (gradient of sum(out) w.r.t. q, k, v).
+    mechanism: one of `MECHANISMS` or `LEARNED_MECHANISMS`.
+    mode: `"fwd"` or `"fwd_bwd"` (gradient of sum(out) w.r.t. q, k, v and,
+      for a learned kernel, its spectral parameters).
     length: sequence length L.
     settings: shapes, dtype and repeats.
 
@@ -520,7 +744,7 @@ def run_config(
     A result record; see `_measure`.
   """
   _check_names(mechanism, mode)
-  args = _inputs(length, settings)
+  args = _mechanism_args(mechanism, _inputs(length, settings), settings)
   return _measure(
       _benchmark_fn(mechanism, mode, settings), args, settings.repeats
   )
@@ -562,9 +786,14 @@ def run_paired(
   """
   for mechanism in mechanisms:
     _check_names(mechanism, mode)
-  args = _inputs(length, settings)
+  inputs = _inputs(length, settings)
   return _time_interleaved(
-      {m: (_benchmark_fn(m, mode, settings), args) for m in mechanisms}, rounds
+      {
+          m: (_benchmark_fn(m, mode, settings),
+              _mechanism_args(m, inputs, settings))
+          for m in mechanisms
+      },
+      rounds,
   )
 
 
@@ -811,7 +1040,7 @@ def ratio_lines(records, device_memory: bool = False) -> list[str]:
       ("scan_causal", "favor_causal", "fwd_bwd"),
       ("favor_causal", "favor", "fwd_bwd"),
       ("soft", "favor", "fwd_bwd"),
-  ):
+  ) + LEARNED_PAIRED_COMPARISONS:
     for length in lengths:
       a = ok.get((numerator, mode, length))
       b = ok.get((denominator, mode, length))
@@ -821,7 +1050,7 @@ def ratio_lines(records, device_memory: bool = False) -> list[str]:
           f"{numerator}/{denominator} {mode} L={length}:"
           f" time {ratio(a['min_ms'], b['min_ms'])}"
       )
-      if numerator in ("softmax", "soft"):
+      if numerator in ("softmax", "soft") + LEARNED_MECHANISMS:
         (peak_a, inc_a), (peak_b, inc_b) = (
             _memory_columns(r, device_memory) for r in (a, b)
         )
@@ -967,8 +1196,14 @@ def run_benchmark(
     settings: Settings, *, lengths, mechanisms, modes, out: Optional[str],
     memory_limit_gib: Optional[float], timeout_s: float,
     paired_lengths=PAIRED_LENGTHS, paired_rounds: int = PAIRED_ROUNDS,
+    suite: str = "attention", paired_comparisons=PAIRED_COMPARISONS,
 ) -> int:
   """Probes the device, runs every configuration isolated, prints and saves.
+
+  The attention and learned suites both run here; they differ in their
+  mechanisms, lengths, modes and `paired_comparisons` (numerator,
+  denominator, mode), each timed side by side at every `paired_lengths`
+  when both mechanisms and the mode were selected.
 
   Returns:
     A process exit code: 0, or 1 if the device probe itself failed.
@@ -988,17 +1223,23 @@ def run_benchmark(
     ) / _GIB
   # The limit guards host RAM on CPU; on GPU the host still needs a guard.
   rss_limit = host_limit if device_memory else memory_limit_gib * _GIB
-  out = out or os.path.join("bench_results", f"attention_{backend}.jsonl")
+  out = out or os.path.join("bench_results", f"{suite}_{backend}.jsonl")
   ceiling = info["ceilings"][settings.dtype]["ceiling_gflops"]
   check = info["self_check"]
 
+  learned_draws = {
+      m: mechanism_num_features(m, settings)
+      for m in mechanisms if m in LEARNED_MECHANISMS
+  }
   header = {
       "kind": "header",
+      "suite": suite,
       "device": info["device"],
       "backend": backend,
       "jax_version": info["jax_version"],
       "kattn_version": info["kattn_version"],
       "settings": dataclasses.asdict(settings),
+      "learned_num_features": learned_draws,
       "memory_limit_gib": memory_limit_gib,
       "memory_measure": "device" if device_memory else "rss",
       "ceilings": info["ceilings"],
@@ -1013,6 +1254,15 @@ def run_benchmark(
         f" {settings.ridge}, {settings.num_iterations} Newton-Schulz steps;"
         " keys = queries"
     )
+  if learned_draws:
+    draws = ", ".join(
+        f"{m} m={n} ({learned_feature_count(m, n)} features)"
+        for m, n in learned_draws.items()
+    )
+    print(
+        f"learned kernels, bidirectional (fwd_bwd also differentiates the"
+        f" spectral parameters): {draws}; favor m={settings.num_features}"
+    )
   print()
   print(_ROW.format(
       "mechanism", "mode", "L", "min ms", "median ms", "compile s", "GFLOP/s",
@@ -1020,20 +1270,22 @@ def run_benchmark(
   ))
 
   records = [header]
-  shape = dict(
+  shape = lambda mechanism: dict(
       batch=settings.batch, heads=settings.heads,
-      head_dim=settings.head_dim, num_features=settings.num_features,
+      head_dim=settings.head_dim,
+      num_features=mechanism_num_features(mechanism, settings),
       num_landmarks=settings.num_landmarks,
   )
   for mechanism in mechanisms:
     for mode in modes:
       for length in lengths:
         estimate = estimate_memory_bytes(
-            mechanism, mode, length=length, dtype=settings.dtype, **shape
+            mechanism, mode, length=length, dtype=settings.dtype,
+            **shape(mechanism),
         )
         flops = flop_model(
             mechanism, mode, length=length, chunk_size=settings.chunk_size,
-            num_iterations=settings.num_iterations, **shape,
+            num_iterations=settings.num_iterations, **shape(mechanism),
         )
         record = {
             "kind": "result", "mechanism": mechanism, "mode": mode,
@@ -1080,7 +1332,7 @@ def run_benchmark(
   _write_jsonl_atomically(out, records)
 
   print(f"\nside by side in one process, {paired_rounds} interleaved rounds:")
-  for numerator, denominator, mode in PAIRED_COMPARISONS:
+  for numerator, denominator, mode in paired_comparisons:
     if not {numerator, denominator} <= set(mechanisms):
       continue
     if mode not in modes or (
@@ -1108,11 +1360,13 @@ def run_benchmark(
             f" (min {a:.1f} ms vs {b:.1f} ms)"
         )
         for mechanism in (numerator, denominator):
-          if mechanism in ("favor", "favor_causal", "soft"):
+          if mechanism in ("favor", "favor_causal", "soft") + (
+              LEARNED_MECHANISMS
+          ):
             flops = flop_model(
                 mechanism, mode, length=length,
                 chunk_size=settings.chunk_size,
-                num_iterations=settings.num_iterations, **shape,
+                num_iterations=settings.num_iterations, **shape(mechanism),
             )
             gflops = flops / (record["min_ms"][mechanism] / 1e3) / 1e9
             line += (
@@ -1475,19 +1729,27 @@ def run_relative_benchmark(
 def _define_flags():
   """Flags live here, not at import, so tests can import the module freely."""
   flags.DEFINE_list(
-      "lengths", [str(n) for n in LENGTHS], "Sequence lengths L."
+      "lengths", [str(n) for n in LENGTHS],
+      "Sequence lengths L (learned suite: default"
+      f" {','.join(map(str, LEARNED_LENGTHS))}).",
   )
   flags.DEFINE_list(
       "mechanisms", None,
       f"Subset of {', '.join(MECHANISMS)}; default all (softmax_cudnn on GPU"
-      " only).",
+      f" only). Learned suite: subset of {', '.join(LEARNED_SUITE_MECHANISMS)},"
+      " default all.",
   )
-  flags.DEFINE_list("modes", list(MODES), "Subset of fwd, fwd_bwd.")
+  flags.DEFINE_list(
+      "modes", list(MODES),
+      "Subset of fwd, fwd_bwd (learned suite: default"
+      f" {','.join(LEARNED_MODES)}).",
+  )
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype.")
   flags.DEFINE_integer("repeats", 3, "Timed runs after one warm-up run.")
   flags.DEFINE_list(
       "paired_lengths", [str(n) for n in PAIRED_LENGTHS],
-      "Lengths of the side-by-side ratio timings (one process per length).",
+      "Lengths of the side-by-side ratio timings (one process per pair and"
+      " length; learned suite: default --lengths).",
   )
   flags.DEFINE_integer(
       "paired_rounds", PAIRED_ROUNDS, "Interleaved rounds of the side-by-side"
@@ -1498,8 +1760,11 @@ def _define_flags():
       " and 32)."
   )
   flags.DEFINE_enum(
-      "suite", "attention", ["attention", "relative"],
-      "attention: softmax vs FAVOR+ vs scan over --lengths. relative: FFT-RPE"
+      "suite", "attention", ["attention", "learned", "relative"],
+      "attention: softmax vs FAVOR+ vs scan over --lengths. learned: the"
+      " learned spectral kernels vs FAVOR+ (bidirectional) over --lengths,"
+      f" default {','.join(map(str, LEARNED_LENGTHS))}, fwd_bwd, each ratio"
+      " also side by side. relative: FFT-RPE"
       " (relative_favor_attention) vs quadratic relative-bias softmax over"
       f" --sides, with defaults {RELATIVE_SETTINGS.heads} heads, head dim"
       f" {RELATIVE_SETTINGS.head_dim}, {RELATIVE_SETTINGS.num_features}"
@@ -1528,6 +1793,11 @@ def _define_flags():
   flags.DEFINE_integer("heads", 8, "Heads h.")
   flags.DEFINE_integer("head_dim", 64, "Head dim d (= value dim).")
   flags.DEFINE_integer("num_features", 256, "FAVOR+ random features m.")
+  flags.DEFINE_integer(
+      "learned_num_features", None,
+      "Learned suite: draws m of every learned kernel (RKS: 2m+1 features,"
+      " PRF: m); default each kernel's default_num_features.",
+  )
   flags.DEFINE_integer(
       "chunk_size", linear.DEFAULT_CHUNK_SIZE, "kattn causal chunk size C."
   )
@@ -1590,6 +1860,54 @@ def _relative_main(flag_values) -> int:
   )
 
 
+def _settings_from_flags(flag_values) -> Settings:
+  return Settings(
+      batch=flag_values.batch, heads=flag_values.heads,
+      head_dim=flag_values.head_dim, num_features=flag_values.num_features,
+      dtype=flag_values.dtype, chunk_size=flag_values.chunk_size,
+      chunks_per_step=flag_values.chunks_per_step,
+      repeats=flag_values.repeats,
+      learned_num_features=flag_values.learned_num_features,
+  )
+
+
+def _learned_main(flag_values) -> int:
+  """Runs the learned suite; length and mode flags not given take its own."""
+  given = lambda name: flag_values[name].present
+  try:
+    mechanisms = check_learned_suite(
+        flag_values.mechanisms, head_dim=flag_values.head_dim,
+        learned_num_features=flag_values.learned_num_features,
+    )
+  except ValueError as error:
+    raise app.UsageError(f"learned suite: {error}") from error
+  modes = flag_values.modes if given("modes") else LEARNED_MODES
+  for name in modes:
+    if name not in MODES:
+      raise app.UsageError(f"--modes: {name!r} is not one of {MODES}")
+  if flag_values.repeats < 1:
+    raise app.UsageError(f"--repeats must be >= 1; got {flag_values.repeats}")
+  if flag_values.quick:
+    lengths, paired_lengths = QUICK_LENGTHS, QUICK_PAIRED_LENGTHS
+  else:
+    lengths = (
+        tuple(int(n) for n in flag_values.lengths) if given("lengths")
+        else LEARNED_LENGTHS
+    )
+    paired_lengths = (
+        tuple(int(n) for n in flag_values.paired_lengths)
+        if given("paired_lengths") else lengths
+    )
+  return run_benchmark(
+      _settings_from_flags(flag_values), lengths=lengths,
+      mechanisms=mechanisms, modes=tuple(modes), out=flag_values.out,
+      memory_limit_gib=flag_values.memory_limit_gib,
+      timeout_s=flag_values.timeout_s, paired_lengths=paired_lengths,
+      paired_rounds=flag_values.paired_rounds, suite="learned",
+      paired_comparisons=LEARNED_PAIRED_COMPARISONS,
+  )
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -1609,6 +1927,8 @@ def main(argv) -> None:
 
   if flag_values.suite == "relative":
     sys.exit(_relative_main(flag_values))
+  if flag_values.suite == "learned":
+    sys.exit(_learned_main(flag_values))
   for name in flag_values.mechanisms or ():
     if name not in MECHANISMS:
       raise app.UsageError(f"--mechanisms: {name!r} is not one of {MECHANISMS}")
@@ -1625,15 +1945,9 @@ def main(argv) -> None:
       QUICK_PAIRED_LENGTHS if flag_values.quick
       else tuple(int(n) for n in flag_values.paired_lengths)
   )
-  settings = Settings(
-      batch=flag_values.batch, heads=flag_values.heads,
-      head_dim=flag_values.head_dim, num_features=flag_values.num_features,
-      dtype=flag_values.dtype, chunk_size=flag_values.chunk_size,
-      chunks_per_step=flag_values.chunks_per_step,
-      repeats=flag_values.repeats,
-  )
   sys.exit(run_benchmark(
-      settings, lengths=lengths, mechanisms=flag_values.mechanisms,
+      _settings_from_flags(flag_values), lengths=lengths,
+      mechanisms=flag_values.mechanisms,
       modes=flag_values.modes, out=flag_values.out,
       memory_limit_gib=flag_values.memory_limit_gib,
       timeout_s=flag_values.timeout_s, paired_lengths=paired_lengths,

@@ -2,7 +2,12 @@
 
 import pathlib
 import re
+import subprocess
+import sys
 
+import chex
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import numpy as np
 import psutil
@@ -249,3 +254,180 @@ def test_relative_memory_estimates_scale_quadratically_and_linearly():
       16 * work("rpe_padded", 32), rel=0.01)
   # The finite-image FFT runs on a grid twice as wide and tall.
   assert work("rpe_padded", 64) > 3 * work("rpe_torus", 64)
+
+
+# The learned suite: learned spectral kernels against FAVOR+.
+
+_TINY_LEARNED = bench_attention.Settings(
+    heads=2, head_dim=8, num_features=16, learned_num_features=16, repeats=1
+)
+
+
+@pytest.mark.parametrize("mechanism", bench_attention.LEARNED_MECHANISMS)
+def test_learned_benchmark_fns_run_and_differentiate_the_spectral_params(
+    mechanism,
+):
+  settings = _TINY_LEARNED
+  inputs = bench_attention._inputs(32, settings)
+  args = bench_attention._mechanism_args(mechanism, inputs, settings)
+  q, k, v, params, noise = args
+  # --learned_num_features=16 draws: FastFood's noise is one permutation of
+  # the head dim 8 per block; every head has its own parameters.
+  rows = 2 if mechanism.startswith("fastfood") else 16
+  chex.assert_shape(noise, (rows, 8))
+  assert {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(params)} == {2}
+  out = bench_attention._benchmark_fn(mechanism, "fwd", settings)(*args)
+  chex.assert_shape(out, q.shape)
+  chex.assert_tree_all_finite(out)
+
+  grads = bench_attention._benchmark_fn(mechanism, "fwd_bwd", settings)(*args)
+  # Gradients w.r.t. q, k, v and every spectral parameter; none for noise.
+  chex.assert_trees_all_equal_shapes(grads, (q, k, v, params))
+  chex.assert_tree_all_finite(grads)
+  param_grad_norm = sum(
+      float(np.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads[3]))
+  assert param_grad_norm > 0, mechanism
+
+
+def test_learned_kernels_draw_their_defaults_unless_overridden():
+  settings = bench_attention.Settings()
+  for mechanism in bench_attention.LEARNED_MECHANISMS:
+    default = 128 if mechanism.endswith("_rks") else 256
+    assert bench_attention.mechanism_num_features(
+        mechanism, settings) == default
+    assert bench_attention.mechanism_num_features(
+        mechanism, _TINY_LEARNED) == 16
+  # FAVOR+ keeps its own m.
+  assert bench_attention.mechanism_num_features("favor", _TINY_LEARNED) == 16
+  assert bench_attention.mechanism_num_features(
+      "favor", bench_attention.Settings(learned_num_features=64)) == 256
+
+
+def test_learned_flop_model_by_hand():
+  shape = dict(batch=2, heads=3, length=10, head_dim=4, num_features=8)
+  tokens = 2 * 3 * 10
+  # gmm_rks: q, k projections 2*L*m*d each, 2m+1 = 17 features in the state
+  # and readout, and eps A_c once per head.
+  projections = 2 * (2 * tokens * 8 * 4)
+  state = 2 * (2 * tokens * 17 * 5)
+  frequencies = 2 * 3 * 8 * 4**2
+  assert bench_attention.flop_model("gmm_rks", "fwd", **shape) == (
+      projections + state + frequencies)
+  assert bench_attention.flop_model("gmm_rks", "fwd_bwd", **shape) == (
+      3 * projections + 3 * state + 2 * frequencies)
+  # fastfood_prf: two transforms of D log2 D adds per block of D = 4, i.e.
+  # 2 m log2 D per token for q and for k; m features; no frequency matrix.
+  transforms = 2 * (2 * tokens * 8 * 2)
+  prf_state = 2 * (2 * tokens * 8 * 5)
+  assert bench_attention.flop_model("fastfood_prf", "fwd", **shape) == (
+      transforms + prf_state)
+  assert bench_attention.flop_model("fastfood_prf", "fwd_bwd", **shape) == (
+      2 * transforms + 3 * prf_state)
+  # generative: eps W_1 [d x 2d], gelu(.) W_2 [2d x d] and eps A [d x d].
+  hidden = 2 * 4
+  generator = 2 * 3 * 8 * (4 * hidden + hidden * 4 + 4 * 4)
+  assert bench_attention.flop_model("generative_prf", "fwd", **shape) == (
+      2 * (2 * tokens * 8 * 4) + prf_state + generator)
+
+
+def _affine_in_length(model, length):
+  """model(L) = a + b L with b > 0, read off at L, 2L and 4L."""
+  at = [model(n * length) for n in (1, 2, 4)]
+  return at[0] > 0 and at[1] > at[0] and at[2] - at[0] == 3 * (at[1] - at[0])
+
+
+@hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+@hypothesis.given(
+    mechanism=st.sampled_from(bench_attention.LEARNED_MECHANISMS),
+    mode=st.sampled_from(bench_attention.MODES),
+    length=st.integers(1, 1 << 16),
+    batch=st.integers(1, 4),
+    heads=st.integers(1, 16),
+    head_dim=st.sampled_from([8, 48, 64]),
+    num_features=st.sampled_from([128, 256]),
+)
+def test_learned_flops_and_memory_are_positive_and_linear_in_length(
+    mechanism, mode, length, batch, heads, head_dim, num_features,
+):
+  shape = dict(batch=batch, heads=heads, head_dim=head_dim,
+               num_features=num_features)
+  flops = lambda n: bench_attention.flop_model(
+      mechanism, mode, length=n, **shape)
+  memory = lambda n: bench_attention.estimate_memory_bytes(
+      mechanism, mode, length=n, **shape)
+  assert _affine_in_length(flops, length)
+  assert _affine_in_length(memory, length)
+  # The check can fail: softmax's L^2 terms are rejected.
+  assert not _affine_in_length(
+      lambda n: bench_attention.flop_model("softmax", mode, length=n, **shape),
+      length)
+
+
+def test_learned_costs_compare_sensibly_with_favor():
+  shape = dict(batch=1, heads=8, length=4096, head_dim=64)
+  flops = lambda mechanism, m: bench_attention.flop_model(
+      mechanism, "fwd_bwd", num_features=m, **shape)
+  memory = lambda mechanism, m: bench_attention.estimate_memory_bytes(
+      mechanism, "fwd_bwd", num_features=m, **shape)
+  # FastFood's transforms replace the [m, d] projection matmuls.
+  assert flops("fastfood_prf", 256) < flops("gmm_prf", 256)
+  # The default RKS draws (2 * 128 + 1 features) cost about FAVOR+ with 256.
+  for mechanism in ("gmm_rks", "fastfood_rks", "generative_rks"):
+    assert memory(mechanism, 128) == pytest.approx(
+        memory("favor", 256), rel=0.05)
+  assert memory("gmm_prf", 256) == pytest.approx(memory("favor", 256), rel=0.05)
+
+
+def test_learned_suite_rejects_unknown_names_and_unusable_feature_counts():
+  assert bench_attention.check_learned_suite(None, head_dim=64) == (
+      ("favor",) + bench_attention.LEARNED_MECHANISMS)
+  with pytest.raises(ValueError, match=r"unknown \['gmm', 'softmax'\]"):
+    bench_attention.check_learned_suite(
+        ["favor", "gmm", "softmax"], head_dim=64)
+  with pytest.raises(ValueError, match="fastfood_rks at head dim 64.*multiple"
+                     " of 64"):
+    bench_attention.check_learned_suite(
+        ["gmm_rks", "fastfood_rks"], head_dim=64, learned_num_features=96)
+  with pytest.raises(ValueError, match="gmm_prf.*multiple of 2"):
+    bench_attention.check_learned_suite(
+        ["gmm_prf"], head_dim=64, learned_num_features=33)
+  # 96 suits every kernel but FastFood at head dim 64; FAVOR+ ignores it.
+  assert bench_attention.check_learned_suite(
+      ["favor", "gmm_prf", "generative_rks"], head_dim=64,
+      learned_num_features=96) == ("favor", "gmm_prf", "generative_rks")
+  # The command line turns it into a usage error before any run starts.
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.bench_attention", "--suite=learned",
+       "--mechanisms=favor,bogus"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  assert "learned suite: `mechanisms` must be names from" in result.stderr
+  assert "['bogus']" in result.stderr and "BENCH_RESULT" not in result.stdout
+
+
+def test_learned_ratio_lines_compare_with_favor():
+  record = lambda mechanism, ms, mib: {
+      "kind": "result", "mechanism": mechanism, "mode": "fwd_bwd",
+      "length": 1024, "status": "ok", "min_ms": ms, "peak_rss_mib": mib,
+      "increment_mib": mib / 2}
+  lines = bench_attention.ratio_lines(
+      [record("fastfood_prf", 3.0, 300.0), record("favor", 2.0, 200.0)])
+  assert lines == [
+      "fastfood_prf/favor fwd_bwd L=1024: time 1.50x, peak memory 1.50x,"
+      " memory increment 1.50x"]
+
+
+def test_learned_kernel_runs_side_by_side_with_favor_in_a_subprocess():
+  # The suite's paired task: the learned settings cross the process boundary
+  # and each mechanism gets its own arguments. fwd compiles fastest.
+  result = bench_attention.run_isolated(
+      {
+          "kind": "paired", "mechanisms": ["generative_prf", "favor"],
+          "mode": "fwd", "length": 32, "rounds": 2,
+          "settings": bench_attention.dataclasses.asdict(_TINY_LEARNED),
+      },
+      rss_limit_bytes=4 << 30, timeout_s=300,
+  )
+  assert result["status"] == "ok", result
+  assert set(result["min_ms"]) == {"generative_prf", "favor"}
+  assert all(t > 0 for t in result["min_ms"].values())
