@@ -13,16 +13,12 @@ ImageNet comparison on its Tiny pyramid. Fashion-MNIST is skipped, with a
 message, where Debian's `dataset-fashion-mnist` is not installed.
 """
 
-import json
 import os
-import subprocess
-import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 
 from experiments import studies
 from experiments.configs import softmax_free
@@ -60,31 +56,15 @@ def _define_flags():
 def run_one(dataset: str, attention: str, size: str, workdir: str) -> dict:
   """Trains one run in a fresh process (or finds it); its figures."""
   variant = ",".join(a for a in (attention, dataset, size) if a)
-  results_path = os.path.join(workdir, "results.json")
-  if not os.path.exists(results_path):
-    print(f"[{dataset}/{attention}] training in {workdir}", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "experiments.train",
-         f"--config={softmax_free.__file__}:{variant}",
-         f"--workdir={workdir}"],
-        check=True,
-    )
-  with open(results_path) as f:
-    results = json.load(f)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    windows = [json.loads(line) for line in f]
-  # The first logging window includes compilation; the others time steps.
-  rates = [w["examples_per_s"] for w in windows if "examples_per_s" in w][1:]
-  batch_size = softmax_free.get_config(variant).batch_size
+  results = studies.train_in_subprocess(
+      softmax_free.__file__, variant, workdir, f"{dataset}/{attention}"
+  )
   return {
       "attention": attention, "dataset": results["dataset"],
       "accuracy": results["accuracy"],
       "num_test_examples": results["num_examples"],
       "steps": results["steps"],
-      "time_per_step_ms": (
-          1e3 * batch_size / float(np.median(rates)) if rates
-          else results["time_per_step_ms"]
-      ),
+      "time_per_step_ms": results["median_time_per_step_ms"],
       "peak_rss_mib": results["peak_rss_mib"],
   }
 

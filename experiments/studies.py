@@ -3,6 +3,9 @@ flag checks, and the atomic writing of their table, JSON and plot."""
 
 import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 from typing import Callable, Optional
 
@@ -25,6 +28,47 @@ def train_or_find(
     return results
   print(f"[{tag}] training in {workdir}", flush=True)
   return train.train_and_evaluate(config, workdir)
+
+
+def train_in_subprocess(
+    config_path: str, variant: str, workdir: str, tag: str, *,
+    overrides: tuple = (),
+) -> dict:
+  """`results.json` of a run trained (or found) in its own process.
+
+  A fresh process per run gives each run its own peak memory. The returned
+  results gain `median_time_per_step_ms`: the median over the logging
+  windows after the first (which includes compilation), or the run's
+  overall time per step when it logged no later window.
+
+  Args:
+    config_path: the config file.
+    variant: its variant string, e.g. `"favor,fashion"`.
+    workdir: the run's folder; a finished run there is read, not retrained.
+    tag: printed with the progress line.
+    overrides: extra launcher flags, e.g. `("--config.seed=1",)`.
+  """
+  results_path = os.path.join(workdir, "results.json")
+  if not os.path.exists(results_path):
+    print(f"[{tag}] training in {workdir}", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "experiments.train",
+         f"--config={config_path}:{variant}", *overrides,
+         f"--workdir={workdir}"],
+        check=True,
+    )
+  with open(results_path) as f:
+    results = json.load(f)
+  with open(os.path.join(workdir, "config.json")) as f:
+    batch_size = json.load(f)["batch_size"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    windows = [json.loads(line) for line in f]
+  rates = [w["examples_per_s"] for w in windows if "examples_per_s" in w][1:]
+  results["median_time_per_step_ms"] = (
+      1e3 * batch_size / statistics.median(rates) if rates
+      else results["time_per_step_ms"]
+  )
+  return results
 
 
 def check_flags(lists: dict, size: str, sizes) -> None:

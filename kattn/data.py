@@ -441,6 +441,40 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
   return np.einsum("xw,nywc->nyxc", cols, out)
 
 
+# ITU-R BT.601 luma, the weights of `tf.image.rgb_to_grayscale` that the LRA
+# Image task applies to CIFAR-10.
+LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+def to_grayscale(images: np.ndarray) -> np.ndarray:
+  """RGB images to one grey channel, with ITU-R BT.601 luma weights.
+
+  Args:
+    images: `[N, H, W, 3]` floating images (one-channel images are returned
+      as they are).
+
+  Returns:
+    `[N, H, W, 1]` array of the input dtype.
+
+  Examples:
+    >>> import numpy as np
+    >>> to_grayscale(np.ones((1, 2, 2, 3), np.float32))[0, 0, 0, 0].round(4)
+    np.float32(0.9999)
+  """
+  _check_images("images", images)
+  _check_floating("images", images)
+  channels = images.shape[-1]
+  if channels == 1:
+    return images
+  if channels != 3:
+    raise ValueError(
+        f"`images` must have 1 or 3 channels to turn grey; got {channels}"
+        f" (shape {images.shape})."
+    )
+  weights = np.asarray(LUMA_WEIGHTS, images.dtype)
+  return (images @ weights)[..., None].astype(images.dtype)
+
+
 def _linear_resize_matrix(in_size, out_size, dtype):
   """`[out_size, in_size]` weights of 1-D linear interpolation."""
   source = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5

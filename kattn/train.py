@@ -72,7 +72,12 @@ def load_dataset(
   class order, as the bundled digits and Fashion-MNIST are.
   `config.train_fraction` (or `test_fraction`), when set, then keeps that
   fraction of every class (`kattn.data.class_balanced_subset`).
+  `config.grayscale`, when true, turns RGB images into one grey channel
+  (`kattn.data.to_grayscale`), as the LRA Image task does with CIFAR-10.
   """
+  grayscale = config.get("grayscale", False)
+  if not isinstance(grayscale, bool):
+    raise ValueError(f"`grayscale` must be a bool; got {grayscale!r}.")
   dataset = data_lib.load(spec or config.dataset, split)
   limit = config.get(f"max_{split}_examples")
   if limit is not None and (
@@ -90,6 +95,11 @@ def load_dataset(
   fraction = config.get(f"{split}_fraction")
   if fraction is not None:
     dataset = data_lib.class_balanced_subset(dataset, fraction)
+  if grayscale:
+    dataset = data_lib.Dataset(
+        data_lib.to_grayscale(dataset.images), dataset.labels,
+        dataset.num_classes, f"{dataset.name} (grey)",
+    )
   size = config.get("image_size")
   if size is None or dataset.images.shape[1:3] == (size, size):
     return dataset

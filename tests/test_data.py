@@ -592,3 +592,47 @@ def test_normalize():
   message = r"`mean` must be a scalar or have shape \(2,\)"
   with pytest.raises(ValueError, match=message):
     data.normalize(images, [0.1, 0.2, 0.3], 1.0)
+
+
+# ----------------------------------------------------------------------------
+# Grey images (the LRA Image task's CIFAR-10).
+
+
+def test_to_grayscale_uses_bt601_luma_weights():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(3, 4, 5, 3)).astype(np.float32)
+  grey = data.to_grayscale(images)
+  assert grey.shape == (3, 4, 5, 1) and grey.dtype == np.float32
+  expected = (0.2989 * images[..., 0] + 0.5870 * images[..., 1]
+              + 0.1140 * images[..., 2])
+  np.testing.assert_allclose(grey[..., 0], expected, rtol=1e-6)
+  one_channel = images[..., :1]
+  assert data.to_grayscale(one_channel) is one_channel
+
+
+def test_to_grayscale_rejects_other_channel_counts():
+  with pytest.raises(ValueError, match="1 or 3 channels.*got 2"):
+    data.to_grayscale(np.zeros((1, 2, 2, 2), np.float32))
+
+
+def test_grayscale_config_turns_mocked_cifar10_grey(no_network):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from kattn import train  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(
+      {"dataset": "tfds:cifar10", "grayscale": True}
+  )
+  with tfds.testing.mock_data(
+      num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE
+  ):
+    colour = data.load("tfds:cifar10", "test")
+    grey = train.load_dataset(config, "test")
+  assert grey.images.shape == (4, 32, 32, 1)
+  np.testing.assert_allclose(grey.images, data.to_grayscale(colour.images))
+  with pytest.raises(ValueError, match="`grayscale` must be a bool"):
+    train.load_dataset(
+        ml_collections.ConfigDict(
+            {"dataset": "tfds:cifar10", "grayscale": "yes"}
+        ),
+        "test",
+    )

@@ -26,6 +26,8 @@ heads, MLP 128, 600 steps of batch 64 with a random shift of up to 2 pixels.
 
 import ml_collections
 
+from experiments import configs
+
 ATTENTIONS = ("softmax", "favor", "soft", "soft_norm")
 DATASETS = {
     "digits": "bundled:digits",
@@ -37,22 +39,12 @@ VARIANTS = ATTENTIONS + tuple(DATASETS) + SIZES
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """The comparison; `arg` lists VARIANTS."""
-  variants = [a for a in (arg or "").split(",") if a]
-  unknown = sorted(set(variants) - set(VARIANTS))
-  if unknown:
-    raise ValueError(
-        f"Unknown variant(s) {unknown} of softmax_free.py; valid:"
-        f" {list(VARIANTS)}."
-    )
-  for kind, names in (("attention", ATTENTIONS), ("data", DATASETS),
-                      ("size", SIZES)):
-    chosen = [v for v in variants if v in names]
-    if len(chosen) > 1:
-      raise ValueError(
-          f"Pick at most one {kind} variant of softmax_free.py; got {chosen}."
-      )
-  attention = next((v for v in variants if v in ATTENTIONS), "softmax")
-  dataset = next((v for v in variants if v in DATASETS), "digits")
+  chosen = configs.choose_variants(
+      arg, "softmax_free.py",
+      {"attention": ATTENTIONS, "data": DATASETS, "size": SIZES},
+  )
+  attention = chosen["attention"] or "softmax"
+  dataset = chosen["data"] or "digits"
 
   config = ml_collections.ConfigDict()
   config.dataset = DATASETS[dataset]
@@ -93,7 +85,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       max_shift=0, shift_axes=(), angles=(0,), batch_size=250,
   ))
-  if "runlocal" in variants:
+  if chosen["size"] == "runlocal":
     config.num_steps = 4
     config.model.update(dict(depth=1, width=16, mlp_dim=32,
                              num_random_features=8))
