@@ -479,3 +479,18 @@ def test_vit_on_pixels(use_cls_token, position_embedding):
   else:
     assert "pos_embedding" not in params
   chex.assert_shape(params["embedding"]["kernel"], (1, 1, 1, WIDTH))
+
+
+@pytest.mark.parametrize("name", ["gmm_rks", "fastfood_prf", "generative_rks"])
+def test_layers_that_cannot_hold_learned_kernel_parameters_refuse_them(name):
+  with pytest.raises(ValueError, match=f"{name}.*learned kernel.*MultiHeadSelfAttention"):
+    registry.get_kernel_attention(name)
+
+
+def test_learned_kernel_specs_state_their_noise_shapes():
+  assert registry.get_attention("gmm_prf").sample_shape(256, 16) == (256, 16)
+  assert registry.get_attention("fastfood_rks").sample_shape(128, 16) == (8, 16)
+  with pytest.raises(ValueError, match="multiple of 16; got 100"):
+    registry.get_attention("fastfood_rks").sample_shape(100, 16)
+  with pytest.raises(ValueError, match="multiple of 2; got 7"):
+    registry.get_attention("gmm_rks").sample_shape(7, 16)
