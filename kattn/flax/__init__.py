@@ -5,6 +5,7 @@ from kattn.flax.attention import (
     kernel_feature_map,
     random_projection,
     redraw,
+    spectral_parameters,
 )
 from kattn.flax.convit import (
     CONVIT_SIZES,
@@ -33,6 +34,15 @@ from kattn.flax.group_linear import (
 from kattn.flax.gsa_net import (
     GroupAttentionBlock,
     GSANet,
+)
+from kattn.flax.learned import (
+    FastFoodPRFFeatures,
+    FastFoodRKSFeatures,
+    GMMPRFFeatures,
+    GMMRKSFeatures,
+    GenerativePRFFeatures,
+    GenerativeRKSFeatures,
+    LearnedFeatureMap,
 )
 from kattn.flax.models import (
     EncoderBlock,

@@ -24,6 +24,7 @@ from kattn.flax import registry
 
 RANDOM_FEATURES = "random_features"
 PROJECTION_PREFIX = "projection_"
+SPECTRAL_DISTRIBUTION = "spectral_distribution"
 # Folded into the "params" rng, so that a projection never reuses the key
 # stream a parameter initialiser of the same module draws from.
 PROJECTION_SALT = 0x52464
@@ -137,12 +138,8 @@ class MultiHeadSelfAttention(nn.Module):
       )
     kernel = {}
     if spec.init_kernel_params is not None:
-      num_features = self.num_random_features or spec.num_random_features
-      kernel["kernel_params"] = self.param(
-          "spectral_distribution",
-          lambda key: spec.init_kernel_params(
-              key, self.num_heads, head_dim, num_features
-          ),
+      kernel["kernel_params"] = spectral_parameters(
+          self, spec, self.num_random_features, self.num_heads, head_dim
       )
     out = spec.fn(
         q, k, v, projection=projection, causal=self.causal, **kernel
@@ -193,6 +190,33 @@ def random_projection(
           *shape,
       ),
   ).value
+
+
+def spectral_parameters(
+    module: nn.Module, spec: registry.AttentionSpec,
+    num_random_features: Optional[int], num_heads: int, dim: int,
+):
+  """`module`'s per-head spectral parameters for the learned kernel `spec`.
+
+  Call it inside the module's compact method: the parameters are the param
+  `"spectral_distribution"`, every leaf with a leading `[num_heads]` axis.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> class Spectrum(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return spectral_parameters(
+    ...         self, registry.get_attention("gmm_prf"), 8, 2, x.shape[-1])
+    >>> p = Spectrum().init(jax.random.key(0), jnp.ones(4))["params"]
+    >>> p["spectral_distribution"]["log_variances"].shape
+    (2, 2, 4)
+  """
+  num_features = num_random_features or spec.num_random_features
+  return module.param(
+      SPECTRAL_DISTRIBUTION,
+      lambda key: spec.init_kernel_params(key, num_heads, dim, num_features),
+  )
 
 
 def kernel_feature_map(
