@@ -131,3 +131,26 @@ def test_study_rejects_non_integer_seeds(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300,
   )
   assert done.returncode != 0 and "--seeds" in done.stderr
+
+
+def test_grey_cifar10_variant_trains_on_mocked_tfds(tmp_path, monkeypatch):
+  """The LRA Image data path (grey CIFAR-10, L = 1024), without the network."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import socket  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise OSError("network access in a test")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  config = pixel_sequence.get_config("cifar10,gmm_prf,runlocal")
+  config.max_train_examples = 64
+  config.max_test_examples = 32
+  with tfds.testing.mock_data(
+      num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE
+  ):
+    results = train.train_and_evaluate(config, str(tmp_path))
+    variables = train.restore_for_evaluation(str(tmp_path))[2]
+  assert results["dataset"] == "tfds:cifar10"
+  assert results["num_examples"] == 32 and 0 <= results["accuracy"] <= 1
+  # 32 x 32 grey pixels and a class token.
+  assert variables.params["pos_embedding"].shape[-2] == 32 * 32 + 1
