@@ -34,6 +34,14 @@ EXPECTED = {
         "gates after training:",
         "nonlocality per layer:",
     ],
+    "learned_kernels.ipynb": [
+        "GMM-RKS: the Monte-Carlo mean matches the closed-form kernel",
+        "fast Walsh-Hadamard equals the dense Hadamard product",
+        "refused: FastFood makes frequencies in blocks",
+        "gmm_prf: test accuracy",
+        "evaluation is deterministic: identical logits twice",
+        "parameter change from init:",
+    ],
 }
 
 
