@@ -23,12 +23,15 @@ Two choices make it fast and exact:
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal, Union
 
 import jax
 import jax.numpy as jnp
 
+from kattn import _sharding
 from kattn import _validation
+from kattn.attention import masking
 from kattn.features import favor
 from kattn.features import learned
 
@@ -95,6 +98,21 @@ def _masked_exp(mask, exponent):
   return jnp.exp(jnp.where(mask, exponent, -jnp.inf))
 
 
+def _decayed_prefix_sums(decay: jax.Array, x: jax.Array) -> jax.Array:
+  """y_0 = x_0, y_g = decay_g y_{g-1} + x_g along axis 2, for every g.
+
+  decay [B, h, n], x [B, h, n, m, e]. y_g combines x_0..x_g only, so
+  nothing after g reaches it, neither through rounding (there is no total
+  minus a later part) nor as inf or NaN. n is the few chunks of one scan
+  step, so the recurrence is unrolled: fewer operations to compile than an
+  associative scan.
+  """
+  y = [x[:, :, 0]]
+  for g in range(1, x.shape[2]):
+    y.append(decay[:, :, g, None, None] * y[-1] + x[:, :, g])
+  return jnp.stack(y, axis=2)
+
+
 # The two weightings below carry the key log-scales' gradient. Autodiff would
 # form it as multiply-then-reduce, which XLA:CPU runs over 10x slower than
 # the same contraction written as an einsum (a dot), so their VJPs are
@@ -133,9 +151,11 @@ def _scale_causal_pairs(
   scores [..., i, j], key_scale [..., j], query_reference [..., i] (a
   constant: no gradient), mask [i, j].
   """
-  return scores * _masked_exp(
+  # Selected, not multiplied by a 0 weight: a later key's score may be inf
+  # or NaN, and 0 * NaN would reach the earlier query.
+  return jnp.where(mask, scores * _masked_exp(
       mask, key_scale[..., None, :] - query_reference[..., :, None]
-  )
+  ), 0.0)
 
 
 def _scale_causal_pairs_fwd(scores, key_scale, query_reference, mask):
@@ -149,7 +169,7 @@ def _scale_causal_pairs_bwd(residuals, g):
       mask, key_scale[..., None, :] - query_reference[..., :, None]
   )
   return (
-      g * weights,
+      jnp.where(mask, g * weights, 0.0),
       jnp.einsum("...ij,...ij->...j", g, y),
       jnp.zeros_like(query_reference),
       None,
@@ -167,8 +187,9 @@ def _chunk_engine(
 
   A scan step covers a block of T = G * C tokens: G chunks of C tokens.
   Inside a block everything is batched over the G chunks (the chunk states
-  come from a G x G prefix sum), so the scan runs L / T steps and stores one
-  state per step, while the masked intra-chunk products stay C x C.
+  come from an associative scan over the G chunks), so the scan runs L / T
+  steps and stores one state per step, while the masked intra-chunk products
+  stay C x C.
   """
   q_length, k_length = q.shape[1], k.shape[1]
   out_dtype = jnp.result_type(q, k, v)
@@ -211,13 +232,18 @@ def _chunk_engine(
   num_features = jax.eval_shape(
       lambda x: features(k_map, x)[0], k_blocks[0]
   ).shape[-1]
-  state = jnp.zeros((batch, heads, num_features, v.shape[-1] + 1), accum_dtype)
+  # Inside `jax.shard_map` the scans' initial carries must vary over the
+  # mesh axes of what the carries are computed from: the state from keys
+  # and values, the running max from keys.
+  state = _sharding.match_varying(
+      jnp.zeros((batch, heads, num_features, v.shape[-1] + 1), accum_dtype),
+      k, v,
+  )
   # Finite, so that exp(initial - initial) is 1, not nan.
-  running_max = jnp.full((batch, heads), jnp.finfo(accum_dtype).min, accum_dtype)
+  running_max = _sharding.match_varying(
+      jnp.full((batch, heads), jnp.finfo(accum_dtype).min, accum_dtype), k
+  )
   within_chunk = jnp.tril(jnp.ones((chunk_size, chunk_size), bool))
-  # earlier_source[g, k]: chunk g sees source k (0 = carried state,
-  # k >= 1 = chunk k - 1 of this block) iff k <= g.
-  earlier_source = jnp.tril(jnp.ones((chunks, chunks + 1), bool))
 
   def by_chunk(x):
     """[B, h, T, ...] -> [B, h, G, C, ...]."""
@@ -237,44 +263,52 @@ def _chunk_engine(
     k_values, k_scale = key_features(k_block, valid)
     q_values, k_values = by_chunk(q_values), by_chunk(k_values)
     scores = jnp.einsum("bhgim,bhgjm->bhgij", q_values, k_values)
-    if k_scale is None:
+    # The carried state is source 0, chunk g's state source g + 1; the state
+    # before chunk g sums sources 0..g: an exclusive prefix, never the total
+    # minus later chunks, so no later key reaches an earlier query, neither
+    # by rounding nor as inf or NaN.
+    plain = k_scale is None
+    if plain:
+      # A pair's weight is its score; a cumulative sum's g-th total combines
+      # sources 0..g only.
       weights = jnp.where(within_chunk, scores, 0.0)
       chunk_kv = jnp.einsum("bhgjm,bhgje->bhgme", k_values, values)
-      totals = jnp.cumsum(chunk_kv, axis=2)
-      states = state[:, :, None] + totals - chunk_kv
-      inter = jnp.einsum("bhgim,bhgme->bhgie", q_values, states)
-      new_state, new_max = state + totals[:, :, -1], running_max
+      sources = jnp.concatenate([state[:, :, None], chunk_kv], axis=2)
+      prefix_states = jnp.cumsum(sources, axis=2)
+      new_max = running_max
     else:
       # prefix[i] = max of key log-scales up to token i (the query's own
-      # reference); ends[g] = prefix at the end of chunk g; starts[g] = the
-      # reference its chunk state is kept in (the max before chunk g).
+      # reference); ends[g] = prefix at the end of chunk g, the reference of
+      # chunk g's state; starts[g] = the reference of the state before it.
       prefix = jax.lax.stop_gradient(
           jnp.maximum(running_max[..., None], jax.lax.cummax(k_scale, axis=2))
       )
       prefix, k_scale = by_chunk(prefix), by_chunk(k_scale)
       ends = prefix[..., -1]
-      starts = jnp.concatenate([running_max[..., None], ends[..., :-1]], -1)
-      new_max = ends[..., -1]
       chunk_kv = jnp.einsum(
           "bhgjm,bhgje->bhgme", k_values,
           _scale_rows(values, k_scale - ends[..., None]),
       )
-      # The carried state joins the chunk states as chunk -1, so that one
-      # matmul mixes both (its gradient is then a matmul, not a reduction).
       sources = jnp.concatenate([state[:, :, None], chunk_kv], axis=2)
+      # Each source is rescaled from its reference to the next one's.
       source_ends = jnp.concatenate([running_max[..., None], ends], axis=-1)
-      mix = _masked_exp(
-          earlier_source, source_ends[..., None, :] - starts[..., :, None]
-      )
-      states = jnp.einsum("bhgk,bhkme->bhgme", mix, sources)
-      inter = jnp.einsum("bhgim,bhgme->bhgie", q_values, states)
-      inter = inter * jnp.exp(starts[..., None] - prefix)[..., None]
+      decay = jnp.exp(source_ends[..., :-1] - source_ends[..., 1:])
+      decay = jnp.concatenate([jnp.zeros_like(decay[..., :1]), decay], axis=-1)
+      prefix_states = _decayed_prefix_sums(decay, sources)
+      starts, new_max = source_ends[..., :-1], ends[..., -1]
       weights = _scale_causal_pairs(scores, k_scale, prefix, within_chunk)
-      new_state = jnp.einsum(
-          "bhk,bhkme->bhme", jnp.exp(source_ends - new_max[..., None]), sources
-      )
-    out = inter + jnp.einsum("bhgij,bhgje->bhgie", weights, values)
+    inter = jnp.einsum("bhgim,bhgme->bhgie", q_values, prefix_states[:, :, :-1])
+    if not plain:
+      inter = inter * jnp.exp(starts[..., None] - prefix)[..., None]
+    # The masked product multiplies every pair: a later inf or NaN value
+    # (a later chunk's reaches this one only through the states) is kept
+    # out of it and its NaN put back for the queries at or after it.
+    finite_values, seen = masking.split_non_finite_values(values, axis=3)
+    out = inter + masking.restore_non_finite(
+        jnp.einsum("bhgij,bhgje->bhgie", weights, finite_values), seen
+    )
     out = out.reshape(out.shape[:2] + (block_size, out.shape[-1]))
+    new_state = prefix_states[:, :, -1]
     return (new_state, new_max), jnp.swapaxes(_normalise(out), 1, 2)
 
   def key_step(carry, block):
@@ -328,13 +362,14 @@ def _run(
         (q.shape[-3], k.shape[-3]),
     )
   batch_shape = q.shape[:-3]
-  flat = lambda x: x.reshape((-1,) + x.shape[-3:])
+  flat = lambda x: x.reshape((math.prod(batch_shape),) + x.shape[-3:])
   out = _chunk_engine(
       flat(q), flat(k), flat(v), q_map, k_map, causal=causal,
       chunk_size=chunk_size, chunks_per_step=chunks_per_step,
       accum_dtype=accum_dtype,
   )
-  return out.reshape(batch_shape + out.shape[-3:])
+  out = out.reshape(batch_shape + out.shape[-3:])
+  return out
 
 
 def linear_attention(
@@ -514,6 +549,7 @@ def favor_feature_map(
     raise ValueError(
         f"`kernel` must be one of {sorted(SOFTMAX_KERNELS)}; got {kernel!r}."
     )
+  _validation.check_positive_int("dim", dim)
   if jnp.ndim(projection) != 2 or jnp.shape(projection)[-1] != dim:
     raise ValueError(
         f"`projection` must have shape [num_features, {dim}] to match the"

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from kattn import _validation
+from kattn.attention import masking
 
 
 def _causal_mask(q_length: int, k_length: int) -> jax.Array:
@@ -50,7 +51,12 @@ def softmax_attention(
         _causal_mask(q.shape[-3], k.shape[-3]), logits, -jnp.inf
     )
   weights = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("...hqk,...khd->...qhd", weights, v)
+  if not causal:
+    return jnp.einsum("...hqk,...khd->...qhd", weights, v)
+  # Masked weights are 0, but 0 times a later inf or NaN value is NaN.
+  v, seen = masking.split_non_finite_values(v)
+  out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+  return masking.restore_non_finite(out, seen)
 
 
 def quadratic_kernel_attention(
@@ -94,6 +100,9 @@ def quadratic_kernel_attention(
     kernel = jnp.where(
         _causal_mask(q_features.shape[-3], k_features.shape[-3]), kernel, 0.0
     )
+    # As in `softmax_attention`: no later inf or NaN value reaches a query.
+    v, seen = masking.split_non_finite_values(v)
+    return masking.restore_non_finite(weighted_average(kernel, v), seen)
   return weighted_average(kernel, v)
 
 
