@@ -62,5 +62,50 @@ def check_attention_inputs(q, k, v, *, q_name="q", k_name="k") -> None:
   check_same(
       "Query and key feature dims (axis -1)", (q_name, k_name), (qs[-1], ks[-1])
   )
-  if ks[-3] == 0:
-    raise ValueError(f"`{k_name}` must hold at least one token; got length 0.")
+  # Only the batch axes may be empty (an empty shard is a batch of 0); an
+  # empty length, head or feature axis has no attention to compute.
+  for name, x in ((q_name, q), (k_name, k), ("v", v)):
+    for axis, what in ((-3, "token"), (-2, "head"), (-1, "feature")):
+      check_nonempty(name, x, axis, f"hold at least one {what}")
+
+
+def check_nonempty(name: str, x, axis: int, requirement: str) -> None:
+  """Raises unless axis `axis` of `x` is non-empty; `requirement` says why."""
+  shape = tuple(jnp.shape(x))
+  if shape[axis] == 0:
+    raise ValueError(
+        f"`{name}` must {requirement} (axis {axis}); got shape {shape}."
+    )
+
+
+def check_optional_positive_int(name: str, value):
+  """`value` if it is None or a positive integer; raises otherwise."""
+  if value is not None:
+    check_positive_int(name, value)
+  return value
+
+
+def check_tokens(name: str, x) -> None:
+  """Validates `[*batch, length, width]` tokens; the batch may be empty."""
+  check_min_rank(name, x, 2, "[*batch, length, width]")
+  check_nonempty(name, x, -2, "hold at least one token")
+  check_nonempty(name, x, -1, "have a positive width")
+
+
+def check_images(images) -> tuple[int, int, int, int]:
+  """Validates `[batch, height, width, channels]` images; returns the shape.
+
+  The batch may be empty (an empty shard); the other axes may not.
+  """
+  shape = tuple(jnp.shape(images))
+  if len(shape) != 4:
+    raise ValueError(
+        "`images` must have rank 4 with layout [batch, height, width,"
+        f" channels]; got shape {shape}."
+    )
+  if 0 in shape[1:]:
+    raise ValueError(
+        "`images` must have a positive height, width and channel count"
+        f" (axes 1-3); got shape {shape}."
+    )
+  return shape

@@ -1,6 +1,7 @@
 """Linear attention against the quadratic references it must reproduce."""
 
 import functools
+import re
 
 from absl.testing import parameterized
 import chex
@@ -346,7 +347,98 @@ GOOD = jnp.ones((1, 6, 2, 4))
     (lambda: kattn.linear_attention(GOOD, jnp.ones((1, 0, 2, 4)),
                                     jnp.ones((1, 0, 2, 4))),
      r"at least one token"),
+    (lambda: kattn.favor_attention(GOOD, GOOD, GOOD,
+                                   projection=jnp.zeros((0, 4))),
+     r"`projection` must have at least one row.*got shape \(0, 4\)"),
 ])
 def test_bad_inputs_raise_clear_errors(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+_LEARNED_PARAMS, _LEARNED_NOISE = kattn.init_learned_kernel(
+    "gmm_prf", jax.random.key(1), num_heads=2, dim=4, num_features=8
+)
+# (function, the name it gives its queries) for every cross-attention entry
+# point, so the query length can differ from the key length.
+CROSS_ATTENTIONS = {
+    "softmax": (kattn.softmax_attention, "q"),
+    "favor": (functools.partial(kattn.favor_attention, projection=W), "q"),
+    "feature_map": (functools.partial(
+        kattn.feature_map_attention, feature_map=kattn.elu_plus_one_features
+    ), "q"),
+    "linear": (kattn.linear_attention, "q_features"),
+    "learned_kernel": (functools.partial(
+        kattn.learned_kernel_attention, kernel="gmm_prf",
+        params=_LEARNED_PARAMS, noise=_LEARNED_NOISE,
+    ), "q"),
+    "quadratic_kernel": (kattn.quadratic_kernel_attention, "q_features"),
+}
+
+
+@pytest.mark.parametrize("attention", sorted(CROSS_ATTENTIONS))
+@pytest.mark.parametrize("q_shape, k_shape, v_shape, culprit, what, axis", [
+    ((1, 0, 2, 4), (1, 3, 2, 4), (1, 3, 2, 4), "q", "token", -3),
+    ((1, 3, 0, 4), (1, 3, 0, 4), (1, 3, 0, 4), "q", "head", -2),
+    ((1, 3, 2, 0), (1, 3, 2, 0), (1, 3, 2, 4), "q", "feature", -1),
+    ((1, 3, 2, 4), (1, 3, 2, 4), (1, 3, 2, 0), "v", "feature", -1),
+], ids=["no_query", "no_heads", "no_query_features", "no_value_features"])
+def test_empty_axes_name_the_argument_and_its_shape(
+    attention, q_shape, k_shape, v_shape, culprit, what, axis
+):
+  """Only batch axes may be empty; before, most of these divided by zero."""
+  fn, q_name = CROSS_ATTENTIONS[attention]
+  name = q_name if culprit == "q" else culprit
+  shape = {"q": q_shape, "v": v_shape}[culprit]
+  match = (
+      f"`{name}` must hold at least one {what} \\(axis {axis}\\); got shape"
+      f" {re.escape(str(shape))}"
+  )
+  with pytest.raises(ValueError, match=match):
+    fn(jnp.ones(q_shape), jnp.ones(k_shape), jnp.ones(v_shape))
+
+
+_PHI = kattn.attention.favor_feature_map(W, 4)
+_GPSA = (kattn.attention.locality_position_weights(4), jnp.ones(4))
+_P4 = kattn.attention.relative_group_index("p4")
+TOKENS, GROUP_TOKENS = (1, 0, 4, 4), (1, 4, 0, 4, 4)
+# Self-attention entry points on a 3 x 3 grid, 4 heads of dim 4, and the
+# query shape each takes (group layers: 4 elements of p4 before the length).
+SELF_ATTENTIONS = {
+    "gpsa": (lambda x: kattn.gated_positional_self_attention(
+        x, x, x, *_GPSA, grid=(3, 3)), TOKENS),
+    "linear_gpsa": (lambda x: kattn.linear_gated_positional_self_attention(
+        x, x, x, *_GPSA, feature_map=_PHI, grid=(3, 3)), TOKENS),
+    "soft": (lambda x: kattn.soft_attention(
+        x, x, jnp.ones((1, 2, 4, 4))), TOKENS),
+    "gaussian_kernel": (
+        lambda x: kattn.attention.gaussian_kernel_attention(x, x), TOKENS),
+    "relative_softmax": (lambda x: kattn.positional.relative_softmax_attention(
+        x, x, x, jnp.zeros((4, 5, 5)), grid=(3, 3), mode="padded"), TOKENS),
+    "relative_favor": (lambda x: kattn.positional.relative_favor_attention(
+        x, x, x, jnp.zeros((4, 5, 5)), projection=W, grid=(3, 3),
+        mode="padded"), TOKENS),
+    "lifting": (lambda x: kattn.lifting_self_attention(
+        x, x, x, jnp.zeros((4, 3, 3, 4, 4)), grid=(3, 3), window=3), TOKENS),
+    "group": (lambda x: kattn.group_self_attention(
+        x, x, x, jnp.zeros((4, 3, 3, 4, 4)), jnp.zeros((4, 4, 4)), _P4,
+        grid=(3, 3), window=3), GROUP_TOKENS),
+    "lifting_favor": (lambda x: kattn.group_lifting_favor_attention(
+        x, x, x, jnp.zeros((4, 5, 5)), group="p4", projection=W,
+        grid=(3, 3)), TOKENS),
+    "group_favor": (lambda x: kattn.group_favor_attention(
+        x, x, x, jnp.zeros((4, 5, 5)), jnp.zeros((4, 4)), group="p4",
+        projection=W, grid=(3, 3)), GROUP_TOKENS),
+}
+
+
+@pytest.mark.parametrize("attention", sorted(SELF_ATTENTIONS))
+def test_self_attentions_report_an_empty_query(attention):
+  # Before, these blamed `k`, with no axis or shape.
+  fn, shape = SELF_ATTENTIONS[attention]
+  match = (
+      r"`q` must hold at least one token \(axis -3\); got shape"
+      f" {re.escape(str(shape))}"
+  )
+  with pytest.raises(ValueError, match=match):
+    fn(jnp.ones(shape))

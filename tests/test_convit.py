@@ -156,7 +156,14 @@ def test_deit_is_convit_without_gpsa_and_matched_in_size():
      (dict(patch_size=3), "patch_size"),
      (dict(attention="clipped"), "Unknown `attention`"),
      (dict(attention="softmax", positional_method="conv"),
-      "positional_method")],
+      "positional_method"),
+     # A ratio with no hidden unit: before, 0 built an empty MLP and a
+     # negative ratio failed in Dense with a shape error.
+     (dict(mlp_ratio=0.0), r"`mlp_ratio` must .* >= 1 hidden units; got"
+                           r" mlp_ratio=0\.0 for width 36"),
+     (dict(mlp_ratio=-1.0), r"`mlp_ratio` .*got mlp_ratio=-1\.0"),
+     (dict(num_random_features=0),
+      r"`num_random_features` must be a positive integer; got 0\.")],
 )
 def test_bad_model_arguments_are_clear_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):

@@ -244,6 +244,22 @@ def test_projection_of_the_wrong_width_is_rejected(fn):
     fn(jnp.ones((3, 4)), w)
 
 
+@pytest.mark.parametrize("fn", [
+    kattn.positive_softmax_features, kattn.hyperbolic_softmax_features,
+    kattn.trigonometric_softmax_features, kattn.relu_features,
+    kattn.elu_plus_one_features, kattn.exp_features,
+    lambda x, w: kattn.generalized_kernel_features(x, jnp.square, w),
+])
+def test_projection_without_rows_is_rejected(fn):
+  # Before: a math domain error from log(0), a max over nothing, or silently
+  # zero features.
+  with pytest.raises(
+      ValueError,
+      match=r"`projection` must have at least one row.*got shape \(0, 4\)",
+  ):
+    fn(jnp.ones((3, 4)), jnp.zeros((0, 4)))
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_non_positive_feature_counts_are_rejected(bad):
   for sampler in (kattn.gaussian_random_projection,

@@ -6,6 +6,8 @@ differently associated float32 matmuls (and, for softmax, of
 `jax.nn.dot_product_attention` against `kattn.softmax_attention`).
 """
 
+import re
+
 import chex
 import flax
 import hypothesis
@@ -417,6 +419,155 @@ def test_unknown_position_embedding_raises():
     _init_abstract(_small_vit(position_embedding="sinusoidal"), (1, 8, 8, 3))
 
 
+_BAD_VIT_FIELDS = [
+    ("width", 0, r"`width` must be a positive integer; got 0\."),
+    ("width", -16, r"`width` must be a positive integer; got -16\."),
+    ("width", 16.0, r"`width` must be a positive integer; got 16\.0\."),
+    ("width", 15,
+     r"`width` \(15\) must be divisible by `num_heads`; got num_heads=2\."),
+    ("num_classes", 0, r"`num_classes` must be a positive integer; got 0\."),
+    ("depth", 0, r"`depth` must be a positive integer; got 0\."),
+    ("num_heads", 0, r"`num_heads` must be a positive integer; got 0\."),
+    ("mlp_dim", 0, r"`mlp_dim` must be a positive integer; got 0\."),
+    ("patch_size", 0, r"`patch_size` must be a positive integer; got 0\."),
+    ("num_random_features", 0,
+     r"`num_random_features` must be a positive integer; got 0\."),
+]
+
+
+@pytest.mark.parametrize("field, value, match", [
+    pytest.param(*case, id=f"{case[0]}={case[1]}") for case in _BAD_VIT_FIELDS
+])
+def test_vit_fields_are_checked_before_any_layer(field, value, match):
+  # A zero width or class count used to reach an initialiser's fan-in as a
+  # ZeroDivisionError; a width the heads do not divide blamed `qkv_features`.
+  with pytest.raises(ValueError, match=match):
+    _init_abstract(_small_vit(**{field: value}), IMAGES)
+
+
+@pytest.mark.parametrize("kwargs, shape, match", [
+    (dict(qkv_features=0), TOKENS,
+     r"`qkv_features` must be a positive integer; got 0\."),
+    (dict(qkv_features=-2), TOKENS,
+     r"`qkv_features` must be a positive integer; got -2\."),
+    (dict(out_features=0), TOKENS,
+     r"`out_features` must be a positive integer; got 0\."),
+    ({}, (2, 0, WIDTH),
+     r"`x` must hold at least one token \(axis -2\); got shape \(2, 0, 16\)"),
+    ({}, (2, 5, 0),
+     r"`x` must have a positive width \(axis -1\); got shape \(2, 5, 0\)"),
+], ids=["qkv_features=0", "qkv_features=-2", "out_features=0", "no_tokens",
+        "no_width"])
+def test_attention_module_rejects_empty_widths_and_tokens(kwargs, shape, match):
+  # Before, a 0 width silently meant "the input width" and an empty input
+  # divided by zero.
+  layer = MultiHeadSelfAttention(num_heads=HEADS, **kwargs)
+  with pytest.raises(ValueError, match=match):
+    _init_abstract(layer, shape)
+
+
+_KEY = jax.random.key(0)
+_NO_WIDTH = r"`x` must have a positive width \(axis -1\); got shape "
+_NO_CHANNEL = r"`x` must have at least one channel \(axis -1\); got shape "
+
+
+@pytest.mark.parametrize("init, match", [
+    (lambda: kattn.flax.RelativeSelfAttention(
+        num_heads=HEADS, relative_position="fft_torus",
+    ).init(_KEY, jnp.ones((1, 16, 0)), grid=(4, 4)),
+     _NO_WIDTH + r"\(1, 16, 0\)"),
+    (lambda: kattn.flax.SoftSelfAttention(num_heads=HEADS, reduction=2).init(
+        _KEY, jnp.ones((1, 16, 0)), grid=(4, 4)),
+     _NO_WIDTH + r"\(1, 16, 0\)"),
+    (lambda: kattn.flax.GatedPositionalSelfAttention(num_heads=4).init(
+        _KEY, jnp.ones((1, 9, 0)), grid=(3, 3)),
+     _NO_WIDTH + r"\(1, 9, 0\)"),
+    (lambda: kattn.flax.LiftingSelfAttention(
+        group="p4", features=4, num_heads=HEADS, head_dim=4, window=3,
+    ).init(_KEY, jnp.ones((1, 4, 4, 0))),
+     _NO_CHANNEL + r"\(1, 4, 4, 0\)"),
+    (lambda: kattn.flax.GroupSelfAttention(
+        group="p4", features=4, num_heads=HEADS, head_dim=4, window=3,
+    ).init(_KEY, jnp.ones((4, 4, 4, 0))),
+     _NO_CHANNEL + r"\(4, 4, 4, 0\)"),
+    (lambda: kattn.flax.LiftingLinearAttention(
+        "p4", features=4, num_heads=HEADS, num_random_features=4,
+    ).init(_KEY, jnp.ones((1, 4, 4, 0))),
+     _NO_CHANNEL + r"\(1, 4, 4, 0\)"),
+    (lambda: kattn.flax.GroupLinearAttention(
+        "p4", features=4, num_heads=HEADS, num_random_features=4,
+    ).init(_KEY, jnp.ones((4, 4, 4, 0))),
+     _NO_CHANNEL + r"\(4, 4, 4, 0\)"),
+], ids=["relative", "soft", "gpsa", "lifting", "group", "lifting_linear",
+        "group_linear"])
+def test_layers_reject_inputs_without_channels(init, match):
+  # Before: ZeroDivisionError, from an initialiser's fan-in of 0 (GPSA: from
+  # its logit scale 0 ** -0.5).
+  with pytest.raises(ValueError, match=match):
+    jax.eval_shape(init)
+
+
+@pytest.mark.parametrize("init", [
+    lambda: kattn.flax.RelativeSelfAttention(
+        num_heads=HEADS, relative_position="fft_torus", num_random_features=0,
+    ).init(_KEY, jnp.ones((1, 16, WIDTH)), grid=(4, 4)),
+    lambda: kattn.flax.LiftingLinearAttention(
+        "p4", features=4, num_heads=HEADS, num_random_features=0,
+    ).init(_KEY, jnp.ones((1, 4, 4, 3))),
+    lambda: kattn.flax.GroupLinearAttention(
+        "p4", features=4, num_heads=HEADS, num_random_features=0,
+    ).init(_KEY, jnp.ones((4, 4, 4, 3))),
+], ids=["relative", "lifting_linear", "group_linear"])
+def test_zero_random_features_are_an_error_not_the_default(init):
+  # `num_random_features or default` used to turn a configured 0 into 256.
+  with pytest.raises(
+      ValueError, match=r"`num_random_features` must be a positive integer;"
+                        r" got 0\."
+  ):
+    jax.eval_shape(init)
+
+
+# The smallest configuration of every registered model, on 8 x 8 images.
+SMALL_MODELS = {
+    "vit": dict(width=8, depth=1, num_heads=2, mlp_dim=8, patch_size=4),
+    "convit": dict(num_heads=4, head_dim=2, depth=2, local_up_to_layer=1,
+                   patch_size=4),
+    "deit": dict(num_heads=2, head_dim=2, depth=1, patch_size=4),
+    "gsa_net": dict(group="p4", channels=4, num_heads=2, head_dim=4,
+                    window=3, stages=((1,), (0,))),
+}
+
+
+def _small_model(name, **overrides):
+  config = dict(num_classes=3, **SMALL_MODELS[name])
+  config.update(overrides)
+  return registry.get_model(name)(**config)
+
+
+def test_every_registered_model_has_a_small_configuration():
+  assert set(kattn.flax.available_models()) <= set(SMALL_MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
+@pytest.mark.parametrize("shape", [(1, 0, 0, 1), (1, 8, 8, 0)])
+def test_models_reject_images_without_pixels_or_channels(name, shape):
+  # Before: a `k` without tokens, or a ZeroDivisionError from a fan-in of 0.
+  match = (
+      r"`images` must have a positive height, width and channel count"
+      r" \(axes 1-3\); got shape " + re.escape(str(shape))
+  )
+  with pytest.raises(ValueError, match=match):
+    _init_abstract(_small_model(name), shape)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
+def test_models_reject_zero_classes(name):
+  with pytest.raises(
+      ValueError, match=r"`num_classes` must be a positive integer; got 0\."
+  ):
+    _init_abstract(_small_model(name, num_classes=0), (1, 8, 8, 1))
+
+
 # ------------------------------------------------------------------ models
 
 
@@ -454,6 +605,33 @@ def test_vit_gradients_and_bfloat16_logits_are_finite(attention):
   chex.assert_shape(logits, (2, 5))
   chex.assert_type(logits, jnp.float32)
   chex.assert_tree_all_finite(logits)
+
+
+@pytest.mark.parametrize("name, attention", [
+    ("vit", "softmax"), ("vit", "favor"),
+    ("convit", "softmax"), ("convit", "favor"),
+    ("deit", "softmax"), ("deit", "favor"),
+    ("gsa_net", "local"), ("gsa_net", "favor"),
+])
+def test_an_empty_batch_gives_empty_logits(name, attention):
+  """A batch of 0 (an empty shard) gives [0, num_classes] logits."""
+  model = _small_model(name, attention=attention, num_random_features=4)
+  images = jnp.zeros((0, 8, 8, 1))
+  # One compile, where eager ops would compile one by one.
+  logits = jax.jit(lambda x: model.apply(model.init(_KEY, x), x))(images)
+  chex.assert_shape(logits, (0, 3))
+  chex.assert_type(logits, jnp.float32)
+
+
+@pytest.mark.parametrize("attention", available_attentions())
+def test_every_attention_traces_an_empty_batch(attention):
+  # Shapes only: running every attention would cost a minute of compiles.
+  model = _small_vit(attention=attention)
+  logits = jax.eval_shape(
+      lambda x: model.apply(model.init(_KEY, x), x),
+      jax.ShapeDtypeStruct((0,) + IMAGES[1:], jnp.float32),
+  )
+  assert logits.shape == (0, 5)
 
 
 @pytest.mark.parametrize(

@@ -486,6 +486,14 @@ class SoftVariantsTest(chex.TestCase):
     np.testing.assert_allclose(segments(q), means, rtol=1e-6, atol=1e-6)
 
 
+def test_landmarks_of_an_empty_batch_are_empty():
+  # An empty shard: the landmark count must not be inferred from 0 elements.
+  q = jnp.ones((0, 16, 2, 4))
+  pooled = soft.average_pool_landmarks(q, grid=(4, 4), reduction=2)
+  assert pooled.shape == (0, 4, 2, 4)
+  assert soft.segment_mean_landmarks(q, num_landmarks=3).shape == (0, 3, 2, 4)
+
+
 @pytest.mark.parametrize(
     "name, normalization", [("soft", None), ("soft_norm", "symmetric")]
 )
@@ -531,6 +539,18 @@ _Q = np.zeros((2, 36, 2, 4), np.float32)
 @pytest.mark.parametrize(
     "call, match",
     [
+        pytest.param(
+            lambda: soft.gaussian_kernel(jnp.ones((4, 2)), _Q),
+            r"`a` must have rank >= 3 with layout \[\*batch, n, heads, dim\];"
+            r" got shape \(4, 2\)",
+            id="rank-2 a of gaussian_kernel",
+        ),
+        pytest.param(
+            lambda: soft.gaussian_kernel(_Q, jnp.ones((4, 2))),
+            r"`b` must have rank >= 3 with layout \[\*batch, m, heads, dim\];"
+            r" got shape \(4, 2\)",
+            id="rank-2 b of gaussian_kernel",
+        ),
         pytest.param(
             lambda: soft.newton_schulz_pinv(jnp.ones((3, 4))),
             r"`a` must be square .*\(3, 4\)",

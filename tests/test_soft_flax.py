@@ -328,3 +328,12 @@ def test_strided_conv_landmarks_bad_kernel_raises():
   with pytest.raises(ValueError, match="kernel"):
     strided_conv_landmarks(q, jnp.ones((2, 2, 3, 4)), grid=(4, 4),
                            reduction=2)
+
+
+def test_strided_conv_landmarks_of_an_empty_batch_are_empty():
+  # An empty shard: the landmark count must not be inferred from 0 elements.
+  landmarks = strided_conv_landmarks(
+      jnp.ones((0, 16, 2, 4)), jnp.ones((2, 2, 4, 3)), grid=(4, 4),
+      reduction=2,
+  )
+  assert landmarks.shape == (0, 4, 2, 3)

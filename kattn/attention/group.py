@@ -26,6 +26,7 @@ no row is empty and nothing can turn NaN.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -206,7 +207,12 @@ def _masked_softmax(logits, hood: _Neighbourhood, num_key_axes: int):
   if hood.valid is not None:
     valid = hood.valid.reshape(hood.valid.shape + (1,) * (num_key_axes - 1))
     logits = jnp.where(valid, logits, _MASKED_LOGIT)
-  flat = logits.reshape(logits.shape[:logits.ndim - num_key_axes] + (-1,))
+  # Sizes spelled out: reshape cannot infer a -1 when a batch of 0 empties
+  # the array.
+  lead = logits.ndim - num_key_axes
+  flat = logits.reshape(
+      logits.shape[:lead] + (math.prod(logits.shape[lead:]),)
+  )
   return jax.nn.softmax(flat, axis=-1).reshape(logits.shape)
 
 

@@ -253,7 +253,10 @@ def _dense_weights(q_values, k_values, log_bias, group_log_bias, group, grid):
       * spatial[:, :, :, None, :]
       * jnp.transpose(mixing, (1, 0, 2))[:, :, None, :, None]
   )
-  return weights.reshape(weights.shape[:-2] + (-1,))
+  # Not -1: reshape cannot infer it for a batch of 0.
+  return weights.reshape(
+      weights.shape[:-2] + (weights.shape[-2] * weights.shape[-1],)
+  )
 
 
 def _dense_and_read(q_values, k_values, rows, log_bias, group_log_bias,
@@ -263,7 +266,10 @@ def _dense_and_read(q_values, k_values, rows, log_bias, group_log_bias,
       q_values, k_values, log_bias, group_log_bias, group, grid
   )
   if group_log_bias is not None:
-    rows = rows.reshape(rows.shape[:-4] + (-1,) + rows.shape[-2:])
+    # Not -1: reshape cannot infer it for a batch of 0.
+    rows = rows.reshape(
+        rows.shape[:-4] + (rows.shape[-4] * rows.shape[-3],) + rows.shape[-2:]
+    )
   out = jnp.einsum("...ghij,...jhe->...gihe", weights, rows)
   return _normalise(out)
 
@@ -605,5 +611,6 @@ def dense_group_kernel_attention(
       q_features, k_features, log_bias, group_log_bias, group, grid
   )
   if not lifting:
-    v = v.reshape(v.shape[:-4] + (-1,) + v.shape[-2:])
+    # Not -1: reshape cannot infer it for a batch of 0.
+    v = v.reshape(v.shape[:-4] + (v.shape[-4] * v.shape[-3],) + v.shape[-2:])
   return reference.weighted_average(weights, v[..., None, :, :, :])

@@ -83,6 +83,8 @@ def gaussian_kernel(a: jax.Array, b: jax.Array) -> jax.Array:
     Array([[1.        , 0.36787...],
            [0.36787..., 1.        ]], dtype=float32)
   """
+  _validation.check_min_rank("a", a, 3, "[*batch, n, heads, dim]")
+  _validation.check_min_rank("b", b, 3, "[*batch, m, heads, dim]")
   # The kernel is invariant to a common shift; centring on b's mean keeps
   # ||a||^2 + ||b||^2 - 2 a.b from cancelling catastrophically for tokens
   # far from the origin (identical tokens then give exactly 1).
@@ -244,7 +246,8 @@ def average_pool_landmarks(q: jax.Array, *, grid, reduction: int) -> jax.Array:
   )
   n = len(batch)
   pooled = jnp.mean(blocks, axis=(n + 1, n + 3))
-  return pooled.reshape(batch + (-1,) + rest)
+  # Not -1: reshape cannot infer it for a batch of 0.
+  return pooled.reshape(batch + (pooled.shape[n] * pooled.shape[n + 1],) + rest)
 
 
 def segment_mean_landmarks(q: jax.Array, *, num_landmarks: int) -> jax.Array:

@@ -56,6 +56,11 @@ def _check_projection(x, projection) -> None:
         f" [num_features, {jnp.shape(x)[-1]}], got"
         f" {tuple(jnp.shape(projection))}."
     )
+  if jnp.shape(projection)[0] == 0:
+    raise ValueError(
+        "`projection` must have at least one row (num_features >= 1); got"
+        f" shape {tuple(jnp.shape(projection))}."
+    )
 
 
 def _project(x, projection):

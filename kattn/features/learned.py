@@ -416,7 +416,8 @@ def _permute_blocks(y: jax.Array, permutations: jax.Array) -> jax.Array:
   """y[..., b, permutations[b, i]]: block b reordered by its permutation."""
   blocks, width = permutations.shape
   flat = (permutations + width * jnp.arange(blocks)[:, None]).reshape(-1)
-  out = jnp.take(y.reshape(y.shape[:-2] + (-1,)), flat, axis=-1)
+  # blocks * width, not -1: a -1 cannot be inferred for an empty batch.
+  out = jnp.take(y.reshape(y.shape[:-2] + (blocks * width,)), flat, axis=-1)
   return out.reshape(y.shape)
 
 

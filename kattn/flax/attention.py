@@ -93,19 +93,23 @@ class MultiHeadSelfAttention(nn.Module):
       `[*batch, length, out_features]` outputs.
     """
     spec = registry.get_attention(self.attention)
-    _validation.check_min_rank("x", x, 2, "[*batch, length, width]")
+    _validation.check_tokens("x", x)
     _validation.check_positive_int("num_heads", self.num_heads)
     width = x.shape[-1]
-    qkv_features = self.qkv_features or width
+    qkv_features = _validation.check_optional_positive_int(
+        "qkv_features", self.qkv_features
+    ) or width
+    out_features = _validation.check_optional_positive_int(
+        "out_features", self.out_features
+    ) or width
     if qkv_features % self.num_heads:
       raise ValueError(
           f"`qkv_features` ({qkv_features}, the input width when unset) must"
           f" be divisible by `num_heads`; got num_heads={self.num_heads}."
       )
-    if self.num_random_features is not None:
-      _validation.check_positive_int(
-          "num_random_features", self.num_random_features
-      )
+    _validation.check_optional_positive_int(
+        "num_random_features", self.num_random_features
+    )
     head_dim = qkv_features // self.num_heads
 
     def dense(name, features, axis):
@@ -145,7 +149,7 @@ class MultiHeadSelfAttention(nn.Module):
         q, k, v, projection=projection, causal=self.causal, **kernel
     )
     out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
-    return dense("out", self.out_features or width, (-2, -1))(out)
+    return dense("out", out_features, (-2, -1))(out)
 
 
 def random_projection(
@@ -180,8 +184,7 @@ def random_projection(
   if spec.projection_sampler is None:
     return None
   sampler = registry.get_projection_sampler(spec.projection_sampler)
-  num_features = num_random_features or spec.num_random_features
-  _validation.check_positive_int("num_random_features", num_features)
+  num_features = _default_feature_count(spec, num_random_features)
   shape = spec.sample_shape(num_features, dim)
   return module.variable(
       RANDOM_FEATURES, PROJECTION_PREFIX + spec.projection_sampler,
@@ -212,10 +215,20 @@ def spectral_parameters(
     >>> p["spectral_distribution"]["log_variances"].shape
     (2, 2, 4)
   """
-  num_features = num_random_features or spec.num_random_features
+  num_features = _default_feature_count(spec, num_random_features)
   return module.param(
       SPECTRAL_DISTRIBUTION,
       lambda key: spec.init_kernel_params(key, num_heads, dim, num_features),
+  )
+
+
+def _default_feature_count(spec, num_random_features) -> int:
+  # Only None takes the default: a 0 from a config is an error, not a request
+  # for the default.
+  if num_random_features is None:
+    return spec.num_random_features
+  return _validation.check_positive_int(
+      "num_random_features", num_random_features
   )
 
 

@@ -19,6 +19,8 @@ metric (`layer_nonlocality`).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -117,7 +119,7 @@ class GatedPositionalSelfAttention(nn.Module):
     Returns:
       `[*batch, L, width]` outputs.
     """
-    _validation.check_min_rank("x", x, 2, "[*batch, length, width]")
+    _validation.check_tokens("x", x)
     _validation.check_positive_int("num_heads", self.num_heads)
     width = x.shape[-1]
     if width % self.num_heads:
@@ -212,6 +214,7 @@ class ConViTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, grid=None, deterministic: bool = True):
+    _validation.check_positive_int("mlp_dim", self.mlp_dim)
     norm = lambda name: nn.LayerNorm(
         epsilon=_LN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
         name=name,
@@ -322,6 +325,19 @@ class ConViT(nn.Module):
     for name in ("num_classes", "num_heads", "head_dim", "depth",
                  "patch_size"):
       _validation.check_positive_int(name, getattr(self, name))
+    _validation.check_optional_positive_int(
+        "num_random_features", self.num_random_features
+    )
+    # The MLP width is rounded from the ratio, so a small positive ratio can
+    # still leave no hidden unit.
+    if not (isinstance(self.mlp_ratio, numbers.Real)
+            and math.isfinite(self.mlp_ratio) and self._mlp_dim() >= 1):
+      raise ValueError(
+          "`mlp_ratio` must be a number with round(mlp_ratio * num_heads *"
+          " head_dim) >= 1 hidden units; got"
+          f" mlp_ratio={self.mlp_ratio!r} for width"
+          f" {self.num_heads * self.head_dim}."
+      )
     if (isinstance(self.local_up_to_layer, bool)
         or not isinstance(self.local_up_to_layer, int)
         or not 0 <= self.local_up_to_layer < self.depth):
@@ -333,18 +349,16 @@ class ConViT(nn.Module):
       )
     if self.local_up_to_layer and self.use_local_init:
       gpsa.locality_centres(self.num_heads)  # raises for non-square heads
-    if jnp.ndim(images) != 4:
-      raise ValueError(
-          "`images` must have rank 4 with layout [batch, height, width,"
-          f" channels]; got shape {tuple(jnp.shape(images))}."
-      )
-    _, height, width, _ = images.shape
+    _, height, width, _ = _validation.check_images(images)
     if height % self.patch_size or width % self.patch_size:
       raise ValueError(
           f"`patch_size` ({self.patch_size}) must divide the image height and"
           f" width; got images of shape {tuple(images.shape)}."
       )
     return height // self.patch_size, width // self.patch_size
+
+  def _mlp_dim(self) -> int:
+    return int(round(self.mlp_ratio * self.num_heads * self.head_dim))
 
   @nn.compact
   def __call__(
@@ -359,7 +373,8 @@ class ConViT(nn.Module):
         strides=(self.patch_size, self.patch_size), padding="VALID",
         dtype=self.dtype, param_dtype=self.param_dtype, name="embedding",
     )(images)
-    x = x.reshape(batch, -1, width)
+    # The token count is spelt out: a -1 cannot be inferred for a batch of 0.
+    x = x.reshape(batch, grid[0] * grid[1], width)
     positions = self.param(
         "pos_embedding", _TRUNC_NORMAL, (1,) + x.shape[1:], self.param_dtype
     )
@@ -367,7 +382,7 @@ class ConViT(nn.Module):
         x + positions.astype(x.dtype), deterministic=deterministic
     )
     cls = self.param("cls", _TRUNC_NORMAL, (1, 1, width), self.param_dtype)
-    mlp_dim = int(round(self.mlp_ratio * width))
+    mlp_dim = self._mlp_dim()
     for i in range(self.depth):
       if i == self.local_up_to_layer:
         x = jnp.concatenate(

@@ -211,6 +211,7 @@ class LiftingSelfAttention(nn.Module):
     """
     group = groups_lib.get_group(self.group)
     _validation.check_min_rank("x", x, 3, "[*batch, H, W, C_in]")
+    _validation.check_nonempty("x", x, -1, "have at least one channel")
     grid = _check_grid(group, x.shape[-3:-1])
     head_dim = _head_dim(
         self, 2, "so that the row and column codes get a channel each"
@@ -279,6 +280,7 @@ class GroupSelfAttention(nn.Module):
     """
     group = groups_lib.get_group(self.group)
     _validation.check_min_rank("x", x, 4, "[*batch, order, H, W, C_in]")
+    _validation.check_nonempty("x", x, -1, "have at least one channel")
     if x.shape[-4] != group.order:
       raise ValueError(
           f"Axis -4 of `x` must hold the {group.order} elements of"

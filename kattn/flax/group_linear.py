@@ -136,6 +136,7 @@ class _GroupLinearBase(nn.Module):
 def _check_images(x, min_rank, layout):
   _validation.check_min_rank("x", x, min_rank, layout)
   _validation.check_floating("x", x)
+  _validation.check_nonempty("x", x, -1, "have at least one channel")
   return x.shape[-3], x.shape[-2]
 
 

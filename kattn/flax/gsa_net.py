@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kattn import _validation
 from kattn import groups as groups_lib
 from kattn.flax import group as group_layers
 from kattn.flax import group_linear
@@ -190,11 +191,11 @@ class GSANet(_AttentionLayers):
   ) -> jax.Array:
     """`[batch, H, W, C]` square images -> `[batch, num_classes]` logits."""
     group = groups_lib.get_group(self.group)
-    if jnp.ndim(images) != 4:
-      raise ValueError(
-          "`images` must have rank 4 with layout [batch, height, width,"
-          f" channels]; got shape {tuple(jnp.shape(images))}."
-      )
+    # Checked first: a zero count would reach an initialiser's fan-in as a
+    # division by zero.
+    for name in ("num_classes", "channels"):
+      _validation.check_positive_int(name, getattr(self, name))
+    _validation.check_images(images)
     if group.rotations > 1:
       groups_lib.check_square_grid(images.shape[1:3], name="image size")
     if self.pool_input:

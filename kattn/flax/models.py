@@ -222,13 +222,21 @@ class VisionTransformer(nn.Module):
     Returns:
       `[batch, num_classes]` float32 logits.
     """
-    _validation.check_positive_int("patch_size", self.patch_size)
-    if jnp.ndim(images) != 4:
+    # Every field is checked before the first layer: a zero width or class
+    # count would otherwise reach an initialiser's fan-in as a division by
+    # zero.
+    for name in ("num_classes", "width", "depth", "num_heads", "mlp_dim",
+                 "patch_size"):
+      _validation.check_positive_int(name, getattr(self, name))
+    _validation.check_optional_positive_int(
+        "num_random_features", self.num_random_features
+    )
+    if self.width % self.num_heads:
       raise ValueError(
-          "`images` must have rank 4 with layout [batch, height, width,"
-          f" channels]; got shape {tuple(jnp.shape(images))}."
+          f"`width` ({self.width}) must be divisible by `num_heads`; got"
+          f" num_heads={self.num_heads}."
       )
-    batch, height, width, _ = images.shape
+    batch, height, width, _ = _validation.check_images(images)
     if height % self.patch_size or width % self.patch_size:
       raise ValueError(
           f"`patch_size` ({self.patch_size}) must divide the image height and"
@@ -239,7 +247,6 @@ class VisionTransformer(nn.Module):
           f"`position_embedding` must be one of {list(_POSITION_EMBEDDINGS)};"
           f" got {self.position_embedding!r}."
       )
-    _validation.check_positive_int("depth", self.depth)
     if self.relative_position is not None:
       relative_lib.check_relative_position(self.relative_position)
       if self.use_cls_token and self.relative_position in relative_lib.GRID_ONLY:
@@ -254,7 +261,8 @@ class VisionTransformer(nn.Module):
         strides=(self.patch_size, self.patch_size), padding="VALID",
         dtype=self.dtype, param_dtype=self.param_dtype, name="embedding",
     )(images)
-    x = x.reshape(batch, -1, self.width)
+    # The token count is spelt out: a -1 cannot be inferred for a batch of 0.
+    x = x.reshape(batch, grid[0] * grid[1], self.width)
     if self.position_embedding == "sinusoid":
       x = x + absolute.sinusoid_position_embedding(grid, self.width).astype(
           x.dtype

@@ -167,8 +167,11 @@ class RelativeSelfAttention(nn.Module):
     """
     spec = registry.get_attention(self.attention)
     mode = check_relative_position(self.relative_position)
-    _validation.check_min_rank("x", x, 2, "[*batch, length, width]")
+    _validation.check_tokens("x", x)
     _validation.check_positive_int("num_heads", self.num_heads)
+    _validation.check_optional_positive_int(
+        "num_random_features", self.num_random_features
+    )
     length, width = x.shape[-2:]
     height, grid_width = grid_lib.check_grid(grid)
     num_prefix = length - height * grid_width
@@ -181,7 +184,12 @@ class RelativeSelfAttention(nn.Module):
           f" tokens for grid {tuple(grid)} with relative_position={mode!r};"
           f" got length {length}."
       )
-    qkv_features = self.qkv_features or width
+    qkv_features = _validation.check_optional_positive_int(
+        "qkv_features", self.qkv_features
+    ) or width
+    out_features = _validation.check_optional_positive_int(
+        "out_features", self.out_features
+    ) or width
     if qkv_features % self.num_heads:
       raise ValueError(
           f"`qkv_features` ({qkv_features}, the input width when unset) must"
@@ -240,7 +248,7 @@ class RelativeSelfAttention(nn.Module):
       out = self._clipped(spec, x, q, v, grid, mode, dense, projection)
 
     out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
-    return dense("out", self.out_features or width, (-2, -1))(out)
+    return dense("out", out_features, (-2, -1))(out)
 
   def _constrained_sinusoid(self, spec, x, q, k, v, grid, num_prefix, projection):
     _validation.check_positive_int("num_scales", self.num_scales)

@@ -87,7 +87,9 @@ def strided_conv_landmarks(
       + q.shape[-2:]
   )
   landmarks = jnp.einsum("...aibjhc,ijcd->...abhd", blocks, kernel)
-  return landmarks.reshape(batch + (-1, heads, kernel.shape[-1]))
+  # The landmark count is spelt out: a -1 cannot be inferred for a batch of 0.
+  num_landmarks = (height // reduction) * (width // reduction)
+  return landmarks.reshape(batch + (num_landmarks, heads, kernel.shape[-1]))
 
 
 def _check_value_conv_size(size) -> None:
@@ -190,7 +192,7 @@ class SoftSelfAttention(nn.Module):
     Returns:
       `[*batch, L, width]` outputs.
     """
-    _validation.check_min_rank("x", x, 2, "[*batch, length, width]")
+    _validation.check_tokens("x", x)
     _validation.check_positive_int("num_heads", self.num_heads)
     width = x.shape[-1]
     if width % self.num_heads:
