@@ -1,13 +1,16 @@
 r"""Evaluates a trained run: accuracy, shift and rotation robustness.
 
   python -m experiments.evaluate --workdir runs/digits \
-      [--dataset idx:/usr/share/datasets/fashion-mnist] [--output FILE.json]
+      [--dataset idx:/usr/share/datasets/fashion-mnist] [--output FILE.json] \
+      [--step N]
 
-Restores the latest checkpoint in --workdir and evaluates on the test split
-of the run's dataset, or of --dataset (any spec `kattn.data.load` accepts, so
-a model trained on one source is measured on another). Writes the report as
-JSON (default WORKDIR/evaluation.json), with a CSV and a PNG plot beside it,
-and prints a table.
+Restores the newest intact checkpoint in --workdir (or step --step) and
+evaluates on the test split of the run's dataset, or of --dataset (any spec
+`kattn.data.load` accepts with the image size, channels and classes the model
+was trained on, so a model trained on one source is measured on another).
+Writes the report as JSON (default WORKDIR/evaluation.json), with a CSV and a
+PNG plot beside it, and prints a table. A user error is one line on stderr
+and exit status 2; `--verbose` shows its traceback.
 """
 
 import json
@@ -17,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from kattn import robustness
 from kattn import train
 
@@ -28,6 +32,9 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "output", None, "JSON report path; default WORKDIR/evaluation.json."
 )
+flags.DEFINE_integer(
+    "step", None, "Checkpoint step to evaluate; default the newest intact one."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -35,13 +42,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  config, model, state = train.restore_for_evaluation(FLAGS.workdir)
+  output = FLAGS.output or os.path.join(FLAGS.workdir, "evaluation.json")
+  if os.path.isdir(output):
+    raise ValueError(
+        f"--output {output} is a folder; expected the path of a .json file."
+    )
+  config, model, state = train.restore_for_evaluation(
+      FLAGS.workdir, step=FLAGS.step
+  )
   spec = FLAGS.dataset or config.dataset
-  test = train.load_dataset(config, "test", spec)
+  test = train.load_evaluation_split(config, spec)
   report = train.evaluate(model, state, test, config)
   report = {"dataset": spec, "workdir": FLAGS.workdir,
             "step": int(state.step), **report}
-  output = FLAGS.output or os.path.join(FLAGS.workdir, "evaluation.json")
   directory = os.path.dirname(os.path.abspath(output))
   os.makedirs(directory, exist_ok=True)
   train.write_json_atomically(output, report)
@@ -53,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,9 +3,13 @@ r"""Launches an experiment: trains, checkpoints, resumes and evaluates.
   python -m experiments.train --config experiments/configs/digits.py[:variant] \
       --workdir runs/NAME [--config.model.attention=softmax ...]
 
-Re-running the same command resumes from the latest checkpoint in --workdir.
-With `--distributed`, calls `jax.distributed.initialize()` first (multi-host
-GPU/TPU; the cluster is discovered from the environment).
+Re-running the same command resumes from the latest intact checkpoint in
+--workdir; re-running a finished run reports it complete and changes nothing.
+One run at a time may use a workdir. With `--distributed`, calls
+`jax.distributed.initialize()` first (multi-host GPU/TPU; the cluster is
+discovered from the environment). A user error (bad config value, busy
+workdir, diverged training) is one line on stderr and exit status 2;
+`--verbose` shows its traceback.
 """
 
 from absl import app
@@ -14,6 +18,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from experiments import cli
 from kattn import robustness
 from kattn import train
 
@@ -38,11 +43,16 @@ def main(argv):
   print(f"devices: {jax.devices()}", flush=True)
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print()
+  trained = (
+      f"{results['train_time_s']:.0f}s training"
+      if results.get("train_time_s") is not None
+      else "no training in this run"
+  )
   print(f"{results['dataset']}, attention {results['attention']}:"
-        f" {results['steps']} steps, {results['train_time_s']:.0f}s training")
+        f" {results['steps']} steps, {trained}")
   print(robustness.format_report(results))
   print(f"\nresults: {FLAGS.workdir}/results.json")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,6 +7,13 @@ redraws from (seed, step). So a run killed at any moment and restarted from
 its latest checkpoint ends with the same parameters as an uninterrupted one,
 bit for bit on CPU.
 
+A run never loses a good result: the config is checked before any work
+(`kattn.config_checks`), one run at a time holds its workdir
+(`kattn.workdir_lock`), a state with a non-finite parameter or loss is never
+saved (the run stops, naming the last good checkpoint), a corrupt checkpoint
+is skipped for the newest intact one, and a finished run run again leaves
+its files alone.
+
 Data parallelism: the batch axis is sharded over a one-axis mesh of all
 devices (`jax.make_mesh`), the state is replicated; the same code runs on one
 CPU, on 8 fake CPU devices and on a multi-host accelerator slice.
@@ -14,8 +21,11 @@ CPU, on 8 fake CPU devices and on a multi-host accelerator slice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Optional
@@ -32,15 +42,24 @@ import optax
 import orbax.checkpoint as ocp
 
 from kattn import _memory
+from kattn import config_checks
 from kattn import data as data_lib
 from kattn import robustness
 from kattn import tensorboard
+from kattn import workdir_lock
 from kattn.flax import attention as attention_lib
 from kattn.flax import models
 from kattn.flax import registry
 
 # Config keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every", "checkpoint_every")
+# Where training moves checkpoints that cannot be restored, so that orbax
+# neither resumes from them nor keeps them in place of good ones.
+CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss or a parameter became inf or NaN."""
 
 
 @flax.struct.dataclass
@@ -75,18 +94,10 @@ def load_dataset(
   `config.grayscale`, when true, turns RGB images into one grey channel
   (`kattn.data.to_grayscale`), as the LRA Image task does with CIFAR-10.
   """
+  config_checks.check_data_config(config)
   grayscale = config.get("grayscale", False)
-  if not isinstance(grayscale, bool):
-    raise ValueError(f"`grayscale` must be a bool; got {grayscale!r}.")
   dataset = data_lib.load(spec or config.dataset, split)
   limit = config.get(f"max_{split}_examples")
-  if limit is not None and (
-      isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-  ):
-    raise ValueError(
-        f"`max_{split}_examples` must be a positive int or None; got"
-        f" {limit!r}."
-    )
   if limit is not None and limit < len(dataset):
     dataset = data_lib.Dataset(
         dataset.images[:limit], dataset.labels[:limit], dataset.num_classes,
@@ -149,6 +160,14 @@ def init_state(model, optimizer, image_shape, seed: int) -> TrainState:
   )
 
 
+def abstract_state(model, optimizer, image_shape, seed: int) -> TrainState:
+  """The shapes and dtypes of `init_state`, computing nothing: the template
+  a checkpoint is restored into."""
+  return jax.eval_shape(
+      lambda: init_state(model, optimizer, image_shape, seed)
+  )
+
+
 def make_train_step(model, optimizer) -> Callable:
   """(state, images, labels, dropout_key) -> (state, metrics), jitted."""
 
@@ -184,44 +203,115 @@ def make_predict(model, state: TrainState) -> Callable[[np.ndarray], np.ndarray]
   )
 
 
+def _one_line(error: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message`, cut to `limit` characters.
+
+  TensorStore's errors run to hundreds of lines; their first says what.
+  """
+  text = str(error).strip().splitlines()
+  text = f"{type(error).__name__}: {text[0] if text else ''}"
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Checkpoints:
   """Orbax `CheckpointManager` for a `TrainState`, restoring onto any mesh.
 
   Orbax writes each step into a temporary folder and renames it when
   complete, so a run killed while saving leaves no step that `latest_step`
-  would pick up.
+  would pick up. A complete step whose files were later damaged (truncated,
+  deleted) is skipped by `restore` for the newest intact one.
   """
 
-  def __init__(self, directory: str, *, max_to_keep: int = 2):
+  def __init__(
+      self, directory: str, *, max_to_keep: int = 2, create: bool = True
+  ):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=create
+        ),
     )
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, state: TrainState) -> None:
     self._manager.save(int(state.step), args=ocp.args.StandardSave(state))
     self._manager.wait_until_finished()
 
-  def restore(self, template: TrainState, sharding, step: Optional[int] = None):
-    """Restores `step` (default latest) with `template`'s structure."""
-    step = self.latest_step() if step is None else step
+  def _restore_step(self, step: int, abstract):
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore(
+      self, template: TrainState, sharding, step: Optional[int] = None, *,
+      quarantine: Optional[str] = None,
+  ):
+    """Restores `step`, or else the newest intact step, onto `sharding`.
+
+    Args:
+      template: a state with the structure to restore.
+      sharding: the sharding of every restored array.
+      step: restore exactly this step (an error if it is missing or
+        corrupt); default: the newest step that restores, each skipped one
+        reported on stderr with the reason.
+      quarantine: a folder to move skipped steps into, so that later saves
+        and `latest_step` ignore them (training); None leaves them in place
+        (evaluation).
+
+    Returns:
+      The restored state, or None if there is no step at all.
+    """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         template,
     )
-    try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as error:  # pylint: disable=broad-except
+    steps = self.steps()
+    if step is not None:
+      if step not in steps:
+        raise ValueError(
+            f"Checkpoint step {step} is not in {self.directory}; its steps"
+            f" are {steps or 'none'}."
+        )
+      try:
+        return self._restore_step(step, abstract)
+      except Exception as error:  # pylint: disable=broad-except
+        raise ValueError(
+            f"Checkpoint step {step} in {self.directory} could not be restored"
+            f" ({_one_line(error)}): it is corrupt or from another model."
+        ) from error
+    skipped = []
+    for candidate in reversed(steps):
+      try:
+        state = self._restore_step(candidate, abstract)
+      except Exception as error:  # pylint: disable=broad-except
+        skipped.append((candidate, _one_line(error)))
+        continue
+      for bad, reason in skipped:
+        moved = ""
+        if quarantine is not None:
+          os.makedirs(quarantine, exist_ok=True)
+          target = os.path.join(quarantine, f"{bad}-{time.time_ns()}")
+          shutil.move(os.path.join(self.directory, str(bad)), target)
+          moved = f"; moved it to {target}"
+        print(
+            f"warning: skipped checkpoint step {bad} in {self.directory}: it"
+            f" could not be restored ({reason}){moved}. Restored step"
+            f" {candidate}.", file=sys.stderr, flush=True,
+        )
+      if quarantine is not None and skipped:
+        self._manager.reload()
+      return state
+    if skipped:
+      listed = "; ".join(f"step {bad} ({reason})" for bad, reason in skipped)
       raise ValueError(
-          f"Checkpoint step {step} in {self.directory} could not be restored"
-          f" ({type(error).__name__}: {error}). It is corrupt or from another"
-          " model; delete that step's folder to resume from an earlier one,"
-          " or use a new --workdir."
-      ) from error
+          f"No checkpoint in {self.directory} could be restored: {listed}."
+          " They are corrupt or from another model; use a new --workdir."
+      )
+    return None
 
   def close(self):
     self._manager.close()
@@ -262,12 +352,43 @@ def _augment(images: np.ndarray, config, step: int) -> np.ndarray:
 
 
 def write_json_atomically(path: str, payload: Any) -> None:
+  """Writes `payload` to `path` whole or not at all (temp file + rename)."""
+  if os.path.isdir(path):
+    raise ValueError(f"{path} is a folder; expected the path of a JSON file.")
   directory = os.path.dirname(os.path.abspath(path))
   with tempfile.NamedTemporaryFile(
       "w", dir=directory, delete=False, suffix=".tmp"
   ) as tmp:
-    json.dump(payload, tmp, indent=2, sort_keys=True, default=str)
-  os.replace(tmp.name, path)
+    try:
+      json.dump(payload, tmp, indent=2, sort_keys=True, default=str)
+    except BaseException:
+      tmp.close()
+      os.unlink(tmp.name)
+      raise
+  try:
+    os.replace(tmp.name, path)
+  except BaseException:
+    os.unlink(tmp.name)
+    raise
+
+
+def read_json(path: str, what: str) -> Any:
+  """The JSON in `path`; a clear error naming the file if it is not JSON."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as error:
+    raise ValueError(
+        f"{path} is not valid JSON ({error}); it is not {what}. Use another"
+        " --workdir, or move the file away if you know what it is."
+    ) from None
+
+
+def _check_workdir(workdir: str) -> str:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is a file; expected a folder.")
+  os.makedirs(workdir, exist_ok=True)
+  return workdir
 
 
 def _check_resumable(config, workdir: str) -> None:
@@ -275,8 +396,12 @@ def _check_resumable(config, workdir: str) -> None:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = read_json(path, "a kattn run's config")
+  if not isinstance(saved, dict):
+    raise ValueError(
+        f"{path} holds {type(saved).__name__}, not a kattn run's config; use"
+        " another --workdir."
+    )
   current = json.loads(config.to_json_best_effort())
   changed = sorted(
       key for key in set(saved) | set(current)
@@ -291,13 +416,36 @@ def _check_resumable(config, workdir: str) -> None:
 
 
 def _truncate_metrics(path: str, step: int) -> None:
-  """Drops lines logged after `step`, which a resumed run logs again."""
+  """Keeps the training lines up to `step`; a resumed run logs the rest.
+
+  Test lines go too (a run that finishes writes its own). A torn last line,
+  left by a run killed while appending, is dropped; a bad line elsewhere is
+  an error naming the file and the line.
+  """
   if not os.path.exists(path):
     return
   with open(path) as f:
-    lines = [line for line in f if json.loads(line).get("step", 0) <= step]
+    lines = f.read().splitlines()
+  kept = []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError(f"a {type(record).__name__}, not an object")
+    except ValueError as error:
+      if number == len(lines):
+        print(
+            f"warning: dropped the torn last line of {path}.", file=sys.stderr
+        )
+        break
+      raise ValueError(
+          f"{path} line {number} is not a metrics record ({error}); it is not"
+          " a kattn run's metrics file. Use another --workdir."
+      ) from None
+    if "test_accuracy" not in record and record.get("step", 0) <= step:
+      kept.append(line + "\n")
   with open(path, "w") as f:
-    f.writelines(lines)
+    f.writelines(kept)
 
 
 def _total_steps(config, steps_per_epoch: int) -> int:
@@ -306,11 +454,48 @@ def _total_steps(config, steps_per_epoch: int) -> int:
   num_steps = config.get("num_steps")
   if num_steps is None:
     return config.num_epochs * steps_per_epoch
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-    raise ValueError(
-        f"`num_steps` must be a positive int or None; got {num_steps!r}."
-    )
   return num_steps
+
+
+@jax.jit
+def _all_finite(state: TrainState, losses: jax.Array) -> jax.Array:
+  """Whether every float in the state and every loss is finite: one fused
+  reduction on device, cheap next to a save."""
+  leaves = [
+      jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((state, losses))
+      if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(leaves))
+
+
+def _diverged(step: int, what: str, checkpoints, config) -> TrainingDiverged:
+  good = checkpoints.latest_step()
+  where = (
+      f"the last good checkpoint is step {good} in {checkpoints.directory}"
+      if good is not None else "no checkpoint was written"
+  )
+  return TrainingDiverged(
+      f"Training diverged by step {step}: {what} is not finite; nothing was"
+      f" saved after it, {where}. Lower optimizer.learning_rate (now"
+      f" {config.optimizer.learning_rate:g}) or grad_clip_norm (now"
+      f" {config.optimizer.grad_clip_norm:g}), or check the data, and train"
+      " in a new --workdir."
+  )
+
+
+def _completed_results(workdir: str, total_steps: int, checkpoints):
+  """The saved results if the run in `workdir` already finished, else None."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path) or checkpoints.latest_step() != total_steps:
+    return None
+  try:
+    results = read_json(path, "a kattn run's results")
+  except ValueError as error:
+    print(f"warning: {error} Evaluating again.", file=sys.stderr)
+    return None
+  if isinstance(results, dict) and results.get("steps") == total_steps:
+    return results
+  return None
 
 
 def evaluate(model, state: TrainState, dataset: data_lib.Dataset, config) -> dict:
@@ -324,17 +509,34 @@ def evaluate(model, state: TrainState, dataset: data_lib.Dataset, config) -> dic
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+  """Trains `config` in `workdir`, resuming from its latest good checkpoint.
 
   Args:
     config: an experiment config (see `experiments/configs/digits.py`).
     workdir: holds config.json, checkpoints/, metrics.jsonl, tensorboard/
-      and, at the end, results.json.
+      and, at the end, results.json. One run at a time: a second run in the
+      same workdir stops at once (`kattn.workdir_lock.WorkdirLocked`).
 
   Returns:
-    The results dict also written to `workdir/results.json`.
+    The results dict also written to `workdir/results.json`. A run that
+    already finished is not run again: its saved results come back as they
+    are, files untouched.
+
+  Raises:
+    ValueError: a bad config value (`kattn.config_checks.ConfigError`),
+      dataset or workdir, or a workdir holding another run.
+    TrainingDiverged: the loss or a parameter became non-finite; nothing
+      non-finite was saved and the message names the last good checkpoint.
   """
-  os.makedirs(workdir, exist_ok=True)
+  config_checks.check_train_config(config)
+  workdir = _check_workdir(workdir)
+  is_chief = jax.process_index() == 0
+  # The lock of a multi-process run is held by its chief alone.
+  with workdir_lock.hold(workdir) if is_chief else contextlib.nullcontext():
+    return _train_and_evaluate(config, workdir, is_chief)
+
+
+def _train_and_evaluate(config, workdir: str, is_chief: bool) -> dict:
   _check_resumable(config, workdir)
   train = load_dataset(config, "train")
   test = load_dataset(config, "test")
@@ -346,43 +548,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f" of devices ({num_devices})."
     )
   steps_per_epoch = data_lib.num_batches(train, batch_size=config.batch_size)
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"The training split of {config.dataset} has {len(train)} examples,"
+        f" fewer than `batch_size` ({config.batch_size}): not one batch to"
+        " train on."
+    )
   total_steps = _total_steps(config, steps_per_epoch)
   optimizer = create_optimizer(config, total_steps)
   mesh = data_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
 
-  state = init_state(model, optimizer, train.images.shape[1:], config.seed)
+  image_shape = train.images.shape[1:]
   checkpoints = Checkpoints(
       os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
   )
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  writer = None
   # Closed even when training fails, so orbax stops its background threads.
   try:
-    if checkpoints.latest_step() is not None:
-      state = checkpoints.restore(state, replicated)
+    completed = _completed_results(workdir, total_steps, checkpoints)
+    if completed is not None:
+      print(
+          f"{workdir} holds a complete run ({total_steps} steps): already"
+          " complete, its files are left as they are.", flush=True,
+      )
+      return completed
+    state = None
+    if checkpoints.steps():
+      state = checkpoints.restore(
+          abstract_state(model, optimizer, image_shape, config.seed),
+          replicated,
+          quarantine=os.path.join(workdir, CORRUPT_CHECKPOINTS) if is_chief
+          else None,
+      )
       logging.info("Resumed from step %d in %s.", int(state.step), workdir)
       print(f"resumed from step {int(state.step)}", flush=True)
     else:
-      state = jax.device_put(state, replicated)
-    is_chief = jax.process_index() == 0
+      state = jax.device_put(
+          init_state(model, optimizer, image_shape, config.seed), replicated
+      )
     if is_chief:
       write_json_atomically(
           os.path.join(workdir, "config.json"),
           json.loads(config.to_json_best_effort()),
       )
       _truncate_metrics(metrics_path, int(state.step))
-    writer = (
-        tensorboard.TensorboardWriter(os.path.join(workdir, "tensorboard"))
-        if is_chief else None
-    )
+      writer = tensorboard.TensorboardWriter(os.path.join(workdir, "tensorboard"))
 
     train_step = make_train_step(model, optimizer)
     redraw = jax.jit(attention_lib.redraw)
     seed_key = jax.random.key(config.seed)
     dropout_root, redraw_root = jax.random.split(seed_key)
     step = int(state.step)
+    # Logging windows start at the resumed step, so every logged mean covers
+    # the steps it says (`window_steps`).
     pending, window_start, window_step = [], time.perf_counter(), step
+    unchecked_losses = []
     train_start, steps_run = time.perf_counter(), 0
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
@@ -408,26 +631,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step += 1
         steps_run += 1
         pending.append(metrics)
-        if step % config.log_every == 0 or step == total_steps:
+        unchecked_losses.append(metrics["loss"])
+        if step - window_step == config.log_every or step == total_steps:
           means = {
               k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]
           }
           if not np.isfinite(means["loss"]):
-            raise FloatingPointError(
-                f"Training diverged: mean loss {means['loss']} at step {step};"
-                " lower optimizer.learning_rate or check the data."
-            )
+            raise _diverged(step, "the mean training loss", checkpoints, config)
           elapsed = time.perf_counter() - window_start
           examples_per_s = (step - window_step) * config.batch_size / elapsed
           eta = (total_steps - step) * elapsed / (step - window_step)
           record = {
-              "step": step, "epoch": epoch, **means,
-              "examples_per_s": examples_per_s,
+              "step": step, "epoch": epoch, "window_steps": step - window_step,
+              **means, "examples_per_s": examples_per_s,
           }
           if is_chief:
             writer.write_scalars(step, {
                 f"train/{k}": v for k, v in record.items()
-                if k not in ("step", "epoch")
+                if k not in ("step", "epoch", "window_steps")
             })
             with open(metrics_path, "a") as f:
               f.write(json.dumps(record) + "\n")
@@ -438,6 +659,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           )
           pending, window_start, window_step = [], time.perf_counter(), step
         if step % config.checkpoint_every == 0 or step == total_steps:
+          if not bool(_all_finite(state, jnp.stack(unchecked_losses))):
+            raise _diverged(
+                step, "a parameter or a training loss", checkpoints, config
+            )
+          unchecked_losses = []
           checkpoints.save(state)
         if step == total_steps:
           break
@@ -445,44 +671,87 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     report = evaluate(model, state, test, config)
     results = {
-        "dataset": config.dataset, "attention": config.model.attention,
+        "dataset": config.dataset, "attention": config.model.get("attention"),
         "steps": total_steps, "steps_this_run": steps_run,
-        "train_time_s": train_time,
+        "train_time_s": train_time if steps_run else None,
         "time_per_step_ms": 1e3 * train_time / steps_run if steps_run else None,
         "peak_rss_mib": _memory.peak_rss_bytes() / 2**20, "num_devices": num_devices,
         **report,
     }
     if is_chief:
       writer.write_scalars(total_steps, {"test/accuracy": report["accuracy"]})
-      writer.close()
-      write_json_atomically(os.path.join(workdir, "results.json"), results)
       with open(metrics_path, "a") as f:
         f.write(json.dumps({"step": total_steps, "test_accuracy": report["accuracy"]}) + "\n")
+      # Last: results.json marks the run complete.
+      write_json_atomically(os.path.join(workdir, "results.json"), results)
   finally:
+    if writer is not None:
+      writer.close()
     checkpoints.close()
   return results
 
 
-def restore_for_evaluation(workdir: str):
-  """(config, model, state) of the latest checkpoint in `workdir`."""
+def restore_for_evaluation(workdir: str, *, step: Optional[int] = None):
+  """(config, model, state) of a checkpoint in `workdir`.
+
+  Args:
+    workdir: a training run's workdir.
+    step: the checkpoint step to restore; default the newest intact one
+      (corrupt ones are skipped with a warning naming them).
+  """
   config_path = os.path.join(workdir, "config.json")
+  if not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is not a folder.")
   if not os.path.exists(config_path):
     raise ValueError(
         f"--workdir {workdir} has no config.json: it holds no training run."
     )
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  saved = read_json(config_path, "a kattn run's config")
+  if not isinstance(saved, dict):
+    raise ValueError(f"{config_path} does not hold a kattn run's config.")
+  config = ml_collections.ConfigDict(saved)
   train = load_dataset(config, "train")
   model = create_model(config, train.num_classes)
-  template = init_state(
+  template = abstract_state(
       model, create_optimizer(config, 1), train.images.shape[1:], config.seed
   )
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise ValueError(f"--workdir {workdir} holds no checkpoint.")
+  checkpoints = Checkpoints(directory, create=False)
   try:
-    if checkpoints.latest_step() is None:
-      raise ValueError(f"--workdir {workdir} holds no complete checkpoint.")
     replicated = NamedSharding(data_mesh(), PartitionSpec())
-    state = checkpoints.restore(template, replicated)
+    state = checkpoints.restore(template, replicated, step=step)
+    if state is None:
+      raise ValueError(f"--workdir {workdir} holds no complete checkpoint.")
   finally:
     checkpoints.close()
   return config, model, state
+
+
+def load_evaluation_split(config: ml_collections.ConfigDict, spec: str):
+  """The test split of `spec`, checked to fit the model `config` trained.
+
+  The images must have the height, width and channels of the run's own
+  test split (after `config.image_size` and `config.grayscale`), and the
+  labels its classes: a clear error otherwise, not a shape error deep in
+  the model.
+  """
+  config_checks.check_eval_config(config)
+  test = load_dataset(config, "test", spec)
+  if spec == config.dataset:
+    return test
+  own = load_dataset(config, "test")
+  if test.images.shape[1:] != own.images.shape[1:]:
+    raise ValueError(
+        f"--dataset {spec} has images of shape {test.images.shape[1:]} (H, W,"
+        f" C); the model was trained on {config.dataset} at"
+        f" {own.images.shape[1:]}. Evaluate on data of that size and channel"
+        " count."
+    )
+  if test.num_classes != own.num_classes:
+    raise ValueError(
+        f"--dataset {spec} has {test.num_classes} classes; the model was"
+        f" trained on {config.dataset} with {own.num_classes}."
+    )
+  return test

@@ -629,7 +629,7 @@ def test_grayscale_config_turns_mocked_cifar10_grey(no_network):
     grey = train.load_dataset(config, "test")
   assert grey.images.shape == (4, 32, 32, 1)
   np.testing.assert_allclose(grey.images, data.to_grayscale(colour.images))
-  with pytest.raises(ValueError, match="`grayscale` must be a bool"):
+  with pytest.raises(ValueError, match="`config.grayscale` must be a bool"):
     train.load_dataset(
         ml_collections.ConfigDict(
             {"dataset": "tfds:cifar10", "grayscale": "yes"}

@@ -4,11 +4,9 @@ import gzip
 import json
 import os
 import pathlib
-import signal
 import struct
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -65,38 +63,6 @@ def test_runlocal_trains_and_writes_everything(tmp_path):
   logged = [l["step"] for l in lines if "loss" in l]
   assert logged == sorted(logged) and logged[-1] == results["steps"]
   assert "test_accuracy" in lines[-1]
-
-
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  done = _run(_launch(straight), timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-
-  process = subprocess.Popen(
-      [sys.executable, *_launch(killed)], cwd=ROOT,
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-  )
-  deadline = time.time() + 300
-  # Kill once the first checkpoint is complete, i.e. mid-run.
-  while time.time() < deadline:
-    steps = [p.name for p in (killed / "checkpoints").glob("*") if p.name.isdigit()]
-    if steps:
-      break
-    time.sleep(0.05)
-  os.kill(process.pid, signal.SIGKILL)
-  process.wait()
-  assert steps, "no checkpoint appeared"
-  assert not (killed / "results.json").exists(), "the run finished before the kill"
-
-  resumed = _run(_launch(killed), timeout=600)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from step" in resumed.stdout
-
-  a, b = _final_params(straight), _final_params(killed)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  results = [json.loads((d / "results.json").read_text()) for d in (straight, killed)]
-  assert results[0]["accuracy"] == results[1]["accuracy"]
 
 
 _MULTI_DEVICE_CHECK = r"""
@@ -186,8 +152,9 @@ def test_evaluate_on_an_idx_folder_holding_only_t10k_files(tmp_path):
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):
   result = _run(_launch(tmp_path, "--config.model.attentoin=favor"), timeout=120)
-  assert result.returncode != 0
-  assert "attentoin" in result.stderr and "attention" in result.stderr
+  assert result.returncode == 2
+  [line] = result.stderr.strip().splitlines()
+  assert "attentoin" in line and 'Did you mean "attention"' in line
 
 
 def test_unknown_attention_lists_the_valid_ones(tmp_path):
@@ -227,19 +194,6 @@ def test_nan_in_a_batch_is_a_clear_error(tmp_path, monkeypatch):
     train.train_and_evaluate(_tiny_config(), str(tmp_path))
 
 
-def test_corrupt_checkpoint_is_a_clear_error_not_a_silent_restart(tmp_path):
-  train.train_and_evaluate(_tiny_config(), str(tmp_path))
-  step_dir = max(
-      (p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()),
-      key=lambda p: int(p.name),
-  )
-  for path in step_dir.rglob("*"):
-    if path.is_file() and path.stat().st_size > 0 and "manifest" in path.name:
-      path.write_bytes(b"\0" * 16)
-  with pytest.raises(ValueError, match="could not be restored"):
-    train.restore_for_evaluation(str(tmp_path))
-
-
 def test_resuming_with_another_config_is_refused(tmp_path):
   train.train_and_evaluate(_tiny_config(), str(tmp_path))
   with pytest.raises(ValueError, match="different config"):
@@ -255,8 +209,9 @@ def test_a_half_written_checkpoint_is_never_taken_for_a_good_one(tmp_path):
   (partial / "default" / "manifest.ocdbt").write_bytes(b"\0" * 7)
   _, _, state = train.restore_for_evaluation(str(tmp_path))
   assert int(state.step) == 4000 // 64
+  # The finished run is found complete, its results returned as saved.
   results = train.train_and_evaluate(_tiny_config(), str(tmp_path))
-  assert results["steps_this_run"] == 0
+  assert results == json.loads((tmp_path / "results.json").read_text())
 
 
 def test_max_examples_keep_a_prefix_of_each_split():
@@ -270,5 +225,5 @@ def test_max_examples_keep_a_prefix_of_each_split():
   np.testing.assert_array_equal(test_split.images, full.images[:7])
   assert test_split.name == "bundled:digits/test[:7]"
   config.max_test_examples = 0
-  with pytest.raises(ValueError, match="`max_test_examples` must be a positive"):
+  with pytest.raises(ValueError, match="`config.max_test_examples` must be an integer >= 1"):
     train.load_dataset(config, "test")

@@ -10,7 +10,8 @@ default `favor` (measured 0.944) and with `:softmax` (measured 0.945).
 
 Variants after a colon: `digits.py:runlocal` (a few steps, for smoke tests),
 `digits.py:softmax`, `digits.py:relu`. Any field can be overridden, e.g.
-`--config.model.attention=favor_hyperbolic --config.num_epochs=5`.
+`--config.model.attention=favor_hyperbolic --config.num_epochs=5` or
+`--config.max_train_examples=640` (a quick run on part of the data).
 Another data source: `--config.dataset=idx:/usr/share/datasets/fashion-mnist`
 (Debian's `dataset-fashion-mnist`) or `--config.dataset=tfds:mnist` (network).
 """
@@ -30,6 +31,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     )
   config = ml_collections.ConfigDict()
   config.dataset = "bundled:digits"
+  # The first N examples of each split (class-balanced); None keeps all.
+  config.max_train_examples = ml_collections.config_dict.placeholder(int)
+  config.max_test_examples = ml_collections.config_dict.placeholder(int)
   config.seed = 0
   config.batch_size = 128
   config.num_epochs = 40
