@@ -228,22 +228,20 @@ def test_rerunning_a_finished_run_leaves_its_files_alone(finished, capsys):
     assert (workdir / name).read_bytes() == content, name
 
 
-def test_a_resumed_run_restarts_its_logging_windows(tmp_path):
+def test_a_resumed_run_restarts_its_logging_windows_and_drops_a_torn_line(
+    tmp_path,
+):
   train.train_and_evaluate(_config(num_epochs=1), str(tmp_path))
+  metrics = tmp_path / "metrics.jsonl"
+  # What a run killed while appending leaves behind.
+  metrics.write_text(metrics.read_text() + '{"step": 11, "lo')
   train.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(l) for l in metrics.read_text().splitlines()]
   logged = [(r["step"], r["window_steps"]) for r in records if "loss" in r]
   # First run: 4, 8, then the end (10); the resumed run starts at 10.
   assert logged == [(4, 4), (8, 4), (10, 2), (14, 4), (18, 4), (20, 2)]
   assert [r["step"] for r in records if "test_accuracy" in r] == [STEPS]
 
-
-def test_a_torn_last_metrics_line_is_dropped_and_a_bad_one_refused(tmp_path):
-  train.train_and_evaluate(_config(num_epochs=1), str(tmp_path))
-  metrics = tmp_path / "metrics.jsonl"
-  metrics.write_text(metrics.read_text() + '{"step": 11, "lo')
-  train.train_and_evaluate(_config(), str(tmp_path))
-  assert all(json.loads(l) for l in metrics.read_text().splitlines())
   (tmp_path / "results.json").unlink()
   metrics.write_text("garbage\n" + metrics.read_text())
   with pytest.raises(ValueError, match=r"metrics.jsonl line 1 is not a metrics record"):
